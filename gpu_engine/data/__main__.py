@@ -1,0 +1,59 @@
+"""`python -m gpu_engine.data <command>`: blocks, import, synth, record.
+
+Each command lives in its own module, which exposes `add_cli(subparsers)`; that
+adds its sub-parser and sets `func(args) -> int`. Unusable input raises
+`InputError`: printed as one line on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gpu_engine.data.errors import InputError
+
+# command modules, in the order they appear in --help
+COMMAND_MODULES = (
+    "gpu_engine.data.blocks",
+    "gpu_engine.data.importers",
+    "gpu_engine.data.synth",
+    "gpu_engine.data.record",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m gpu_engine.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # command not built yet
+            raise
+        add_cli = getattr(module, "add_cli", None)
+        if add_cli is not None:
+            add_cli(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
