@@ -9,15 +9,49 @@
   ask_sz  float32 [T, L]
   trades  Trades | None   ts int64 ns, px float64, qty float64, side int8 (+1 buy aggressor, -1 sell)
   attrs   dict            exchange, symbol, depth, tick_size, lot_size, source, schema_version, gaps, ...
+
+This module owns the on-disk store too:
+
+* Format: a plain Zarr **v3** group (zarr-python 3 API, no consolidated metadata:
+  the store is opened with `use_consolidated=False`, so no `.zmetadata` file can go
+  stale). Arrays `ts`, `seq` [T] and `bid_px`, `ask_px`, `bid_sz`, `ask_sz` [T, L],
+  chunked along T only (`chunk_rows` rows a chunk, the whole depth in a chunk),
+  Blosc zstd with byte shuffle. Optional sub-group `trades/` with `ts` int64,
+  `px` float64, `qty` float64, `side` int8.
+* Attrs (group `zarr.json`): exchange, symbol, depth, tick_size, lot_size,
+  source (list of {file, bytes, sha256}), schema_version, gaps (list of
+  {time, reason, ...}), `rows` and `trade_rows` (the committed row counts),
+  `complete` (True once closed), plus whatever the writer was given.
+* `BookStoreWriter` buffers at most `chunk_rows` rows (book and trades each) in
+  preallocated arrays and flushes whole chunks, so memory is bounded whatever
+  the length of the input. By default it writes to `<path>.tmp-<pid>` and renames
+  to `path` on `close()`; on an exception or `abort()` the temp is deleted, so a
+  half-written store never exists under `path`.
+  `incremental=True` (the live recorder) writes at `path` directly and, after
+  every flush, records the committed row counts in the attrs (each Zarr file is
+  written atomically by zarr's LocalStore). A reader after a `kill -9` therefore
+  sees every flushed row: `load` trusts only the committed counts, never the
+  array shapes, which may run ahead of them.
+* `load(path, start, end, to_device)` reads a time window [start, end) (ns) into a
+  `Book`. This package does not import the engine (ARCHITECTURE section 2): to put
+  the arrays on a device, pass `to_device` (e.g. `gpu_engine.backend`'s array
+  converter); it is applied to every array and defaults to the identity (host
+  numpy arrays).
 """
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 SCHEMA_VERSION = 1
+DEFAULT_CHUNK_ROWS = 65536
+BOOK_ARRAYS = ("ts", "seq", "bid_px", "ask_px", "bid_sz", "ask_sz")
+TRADE_ARRAYS = ("ts", "px", "qty", "side")
 
 
 @dataclass
@@ -65,3 +99,373 @@ class Book:
             trades=trades,
             attrs=dict(attrs or {}),
         )
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _compressors():
+    import zarr
+
+    return (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+
+
+def _jsonable(value):
+    """Attrs go to JSON: numpy scalars -> Python, tuples -> lists, Paths -> str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+class _Buffer:
+    """Preallocated column buffers of `cap` rows, flushed into Zarr arrays by append."""
+
+    def __init__(self, specs: dict[str, tuple[tuple[int, ...], Any, Any]], cap: int):
+        self.cap = cap
+        self.specs = specs
+        self.cols = {name: np.full((cap,) + shape, fill, dtype) for name, (shape, dtype, fill) in specs.items()}
+        self.n = 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class BookStoreWriter:
+    """Append book rows (and trades) to a Zarr book store with bounded memory.
+
+    Use as a context manager: a clean exit calls `close()` (rename into place),
+    an exception calls `abort()` (temp deleted; in incremental mode the rows
+    already flushed stay readable and `complete` stays False).
+
+    Rows must come in non-decreasing `ts` (book rows and trades separately);
+    anything else raises ValueError: the store contract says `ts` is sorted and
+    `load` relies on it.
+    """
+
+    def __init__(self, path, depth: int, attrs: dict | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 incremental: bool = False):
+        import zarr
+
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.path = Path(path)
+        self.depth = int(depth)
+        self.chunk_rows = int(chunk_rows)
+        self.incremental = bool(incremental)
+        self.rows = 0          # rows appended (flushed or buffered)
+        self.trade_rows = 0
+        self._committed_rows = 0
+        self._committed_trades = 0
+        self._last_ts = np.iinfo(np.int64).min
+        self._last_trade_ts = np.iinfo(np.int64).min
+        self._closed = False
+        attrs = dict(attrs or {})
+        self._gaps: list[dict] = [dict(g) for g in attrs.pop("gaps", [])]
+        self._attrs = {
+            "exchange": None, "symbol": None, "tick_size": None, "lot_size": None, "source": [],
+            **attrs,
+            "depth": self.depth, "schema_version": SCHEMA_VERSION,
+        }
+        if self.incremental:
+            if self.path.exists():
+                raise FileExistsError(f"{self.path}: incremental store already exists (refusing to overwrite)")
+            self._target = self.path
+        else:
+            self._target = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+            if self._target.exists():
+                shutil.rmtree(self._target)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        self._group = zarr.open_group(str(self._target), mode="w", zarr_format=3)
+        L, C = self.depth, self.chunk_rows
+        book_specs = {
+            "ts": ((), np.int64, 0), "seq": ((), np.int64, -1),
+            "bid_px": ((L,), np.float64, np.nan), "ask_px": ((L,), np.float64, np.nan),
+            "bid_sz": ((L,), np.float32, 0), "ask_sz": ((L,), np.float32, 0),
+        }
+        trade_specs = {"ts": ((), np.int64, 0), "px": ((), np.float64, np.nan),
+                       "qty": ((), np.float64, 0), "side": ((), np.int8, 0)}
+        self._arrays = {
+            name: self._group.create_array(name, shape=(0,) + shape, chunks=(C,) + shape, dtype=dtype,
+                                           fill_value=fill, compressors=_compressors())
+            for name, (shape, dtype, fill) in book_specs.items()
+        }
+        self._trade_specs = trade_specs
+        self._trade_arrays = None  # created on the first trade
+        self._book = _Buffer(book_specs, C)
+        self._trades = _Buffer(trade_specs, C)
+        self._write_attrs(complete=False)
+
+    # -- context manager
+    def __enter__(self) -> "BookStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    # -- attrs
+    def set_attrs(self, **attrs) -> None:
+        """Add or replace store attrs (written at the next flush/close)."""
+        if "gaps" in attrs:
+            self._gaps = [dict(g) for g in attrs.pop("gaps")]
+        self._attrs.update(attrs)
+
+    def add_gap(self, time_ns: int, reason: str, **info) -> None:
+        self._gaps.append({"time": int(time_ns), "reason": str(reason), **info})
+
+    def _write_attrs(self, complete: bool) -> None:
+        attrs = dict(self._attrs)
+        attrs.update(gaps=self._gaps, rows=self._committed_rows, trade_rows=self._committed_trades,
+                     complete=complete, chunk_rows=self.chunk_rows)
+        self._group.attrs.put(_jsonable(attrs))
+
+    # -- appending
+    def append(self, ts, seq, bid_px, ask_px, bid_sz, ask_sz) -> None:
+        """Append n rows: ts, seq [n]; bid_px, ask_px, bid_sz, ask_sz [n, L]."""
+        ts = np.asarray(ts, dtype=np.int64).reshape(-1)
+        n = ts.shape[0]
+        if n == 0:
+            return
+        seq = np.asarray(seq, dtype=np.int64).reshape(-1)
+        cols = {"ts": ts, "seq": seq}
+        for name, a in (("bid_px", bid_px), ("ask_px", ask_px), ("bid_sz", bid_sz), ("ask_sz", ask_sz)):
+            a = np.asarray(a)
+            if a.shape != (n, self.depth):
+                raise ValueError(f"{name}: shape {a.shape}, expected {(n, self.depth)}")
+            cols[name] = a
+        if seq.shape != (n,):
+            raise ValueError(f"seq: shape {seq.shape}, expected {(n,)}")
+        self._check_sorted(ts, self._last_ts, "ts")
+        self._last_ts = int(ts[-1])
+        self._put(self._book, cols, n, self._flush_book)
+        self.rows += n
+
+    def append_row(self, row) -> None:
+        """Append one `BookRow` (ts, seq, bid_px, ask_px, bid_sz, ask_sz [L] each)."""
+        ts = int(row.ts)
+        if ts < self._last_ts:
+            raise ValueError(f"ts not non-decreasing: {ts} after {self._last_ts}")
+        self._last_ts = ts
+        b = self._book
+        i = b.n
+        c = b.cols
+        c["ts"][i] = ts
+        c["seq"][i] = row.seq
+        c["bid_px"][i] = row.bid_px
+        c["ask_px"][i] = row.ask_px
+        c["bid_sz"][i] = row.bid_sz
+        c["ask_sz"][i] = row.ask_sz
+        b.n = i + 1
+        self.rows += 1
+        if b.n == b.cap:
+            self._flush_book()
+
+    def append_trades(self, ts, px, qty, side) -> None:
+        ts = np.asarray(ts, dtype=np.int64).reshape(-1)
+        n = ts.shape[0]
+        if n == 0:
+            return
+        cols = {"ts": ts, "px": np.asarray(px, np.float64).reshape(-1),
+                "qty": np.asarray(qty, np.float64).reshape(-1), "side": np.asarray(side, np.int8).reshape(-1)}
+        for name, a in cols.items():
+            if a.shape != (n,):
+                raise ValueError(f"trades {name}: shape {a.shape}, expected {(n,)}")
+        self._check_sorted(ts, self._last_trade_ts, "trades ts")
+        self._last_trade_ts = int(ts[-1])
+        self._put(self._trades, cols, n, self._flush_trades)
+        self.trade_rows += n
+
+    def append_trade(self, row) -> None:
+        """Append one `TradeRow` (ts, px, qty, side)."""
+        ts = int(row.ts)
+        if ts < self._last_trade_ts:
+            raise ValueError(f"trades ts not non-decreasing: {ts} after {self._last_trade_ts}")
+        self._last_trade_ts = ts
+        b = self._trades
+        i = b.n
+        c = b.cols
+        c["ts"][i] = ts
+        c["px"][i] = row.px
+        c["qty"][i] = row.qty
+        c["side"][i] = row.side
+        b.n = i + 1
+        self.trade_rows += 1
+        if b.n == b.cap:
+            self._flush_trades()
+
+    @staticmethod
+    def _check_sorted(ts: np.ndarray, last: int, name: str) -> None:
+        if ts[0] < last or (ts.shape[0] > 1 and bool(np.any(ts[1:] < ts[:-1]))):
+            raise ValueError(f"{name} not non-decreasing")
+
+    @staticmethod
+    def _put(buf: _Buffer, cols: dict, n: int, flush: Callable[[], None]) -> None:
+        done = 0
+        while done < n:
+            k = min(buf.cap - buf.n, n - done)
+            for name, a in cols.items():
+                buf.cols[name][buf.n:buf.n + k] = a[done:done + k]
+            buf.n += k
+            done += k
+            if buf.n == buf.cap:
+                flush()
+
+    # -- flushing
+    def _flush_book(self) -> None:
+        b = self._book
+        if b.n:
+            start = self._committed_rows
+            for name, arr in self._arrays.items():
+                arr.resize((start + b.n,) + arr.shape[1:])
+                arr[start:start + b.n] = b.cols[name][:b.n]
+            self._committed_rows = start + b.n
+            b.reset()
+            if self.incremental:
+                self._write_attrs(complete=False)
+
+    def _flush_trades(self) -> None:
+        b = self._trades
+        if b.n:
+            if self._trade_arrays is None:
+                tg = self._group.create_group("trades")
+                self._trade_arrays = {
+                    name: tg.create_array(name, shape=(0,), chunks=(self.chunk_rows,), dtype=dtype,
+                                          fill_value=fill, compressors=_compressors())
+                    for name, (_, dtype, fill) in self._trade_specs.items()
+                }
+            start = self._committed_trades
+            for name, arr in self._trade_arrays.items():
+                arr.resize((start + b.n,))
+                arr[start:start + b.n] = b.cols[name][:b.n]
+            self._committed_trades = start + b.n
+            b.reset()
+            if self.incremental:
+                self._write_attrs(complete=False)
+
+    def flush(self) -> None:
+        """Write every buffered row (a partial chunk is rewritten by the next flush)."""
+        self._check_open()
+        self._flush_book()
+        self._flush_trades()
+        self._write_attrs(complete=False)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: writer already closed")
+
+    def close(self) -> Path:
+        """Flush, mark complete and (non-incremental) rename the temp store to `path`."""
+        if self._closed:
+            return self.path
+        try:
+            self._flush_book()
+            self._flush_trades()
+            self._write_attrs(complete=True)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        if not self.incremental:
+            old = None
+            if self.path.exists():
+                old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(self.path, old)
+            os.replace(self._target, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        return self.path
+
+    def abort(self) -> None:
+        """Give up: delete the temp store (incremental: keep what was flushed, incomplete)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.incremental:
+            try:
+                self._flush_book()
+                self._flush_trades()
+                self._write_attrs(complete=False)
+            except Exception:
+                pass
+        else:
+            shutil.rmtree(self._target, ignore_errors=True)
+
+
+def write_store(path, book: Book, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Path:
+    """Write a whole in-memory `Book` as a store (temp path + rename)."""
+    attrs = dict(book.attrs)
+    attrs.pop("depth", None)
+    for key in ("rows", "trade_rows", "complete", "schema_version", "chunk_rows"):
+        attrs.pop(key, None)
+    with BookStoreWriter(path, book.depth, attrs, chunk_rows=chunk_rows) as w:
+        w.append(book.ts, book.seq, book.bid_px, book.ask_px, book.bid_sz, book.ask_sz)
+        if book.trades is not None:
+            t = book.trades
+            w.append_trades(t.ts, t.px, t.qty, t.side)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _open_group(path):
+    import zarr
+
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        raise FileNotFoundError(f"{p}: not a book store (no zarr.json)")
+    return zarr.open_group(str(p), mode="r", use_consolidated=False)
+
+
+def open_attrs(path) -> dict:
+    """The store's attrs (cheap: reads only the group metadata)."""
+    return dict(_open_group(path).attrs)
+
+
+def _window(ts: np.ndarray, start, end) -> tuple[int, int]:
+    lo = 0 if start is None else int(np.searchsorted(ts, np.int64(start), side="left"))
+    hi = ts.shape[0] if end is None else int(np.searchsorted(ts, np.int64(end), side="left"))
+    return lo, max(lo, hi)
+
+
+def load(path, start: int | None = None, end: int | None = None,
+         to_device: Callable[[np.ndarray], Any] | None = None) -> Book:
+    """Load rows with start <= ts < end (ns; None = open) and the trades in the same window.
+
+    Only the committed rows (`rows` / `trade_rows` attrs) are read, so a store being
+    written incrementally, or left by a killed recorder, loads consistently.
+    `to_device` is applied to every array (default: host numpy arrays).
+    """
+    g = _open_group(path)
+    attrs = dict(g.attrs)
+    conv = to_device or (lambda a: a)
+    n = attrs.get("rows")
+    n = g["ts"].shape[0] if n is None else min(int(n), g["ts"].shape[0])
+    ts_all = g["ts"][:n]
+    lo, hi = _window(ts_all, start, end)
+    arrays = {"ts": ts_all[lo:hi]}
+    for name in BOOK_ARRAYS[1:]:
+        arrays[name] = g[name][lo:hi]
+    trades = None
+    if "trades" in g:
+        tg = g["trades"]
+        m = attrs.get("trade_rows")
+        m = tg["ts"].shape[0] if m is None else min(int(m), tg["ts"].shape[0])
+        tts = tg["ts"][:m]
+        tlo, thi = _window(tts, start, end)
+        trades = Trades(ts=conv(tts[tlo:thi]), px=conv(tg["px"][tlo:thi]), qty=conv(tg["qty"][tlo:thi]),
+                        side=conv(tg["side"][tlo:thi]))
+    return Book(**{k: conv(v) for k, v in arrays.items()}, trades=trades, attrs=attrs)

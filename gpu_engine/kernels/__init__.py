@@ -1,0 +1,109 @@
+"""Kernel dispatch: prepare the book arrays once, run the CPU or CUDA kernel in batches.
+
+`prepare_book` turns a Book-like object into the contiguous arrays the kernels read
+(strategy.py documents each). `run` takes validated, typed configuration arrays (the
+`enums.CONFIG_FIELDS` order), runs batches of at most `batch` configurations, and returns
+host arrays raw [C, NRAW] float64, bucket_pnl [C, B] float64, bucket_trades and
+bucket_wins [C, B] int32. Kernel modules are imported lazily: importing this package
+compiles nothing and never imports cupy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpu_engine.backend import Backend
+from gpu_engine.enums import CONFIG_FIELDS
+from gpu_engine.metrics import NRAW
+
+FIELDS = tuple(CONFIG_FIELDS)
+DEFAULT_BATCH = 1 << 18
+
+
+def last_seen_top(px0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(current, last_seen): level-0 price where finite and > 0 else NaN, and the same
+    forward-filled with the last valid price at an earlier tick (NaN before the first)."""
+    px0 = np.asarray(px0, dtype=np.float64)
+    valid = np.isfinite(px0) & (px0 > 0)
+    cur = np.where(valid, px0, np.nan)
+    idx = np.where(valid, np.arange(px0.shape[0]), -1)
+    np.maximum.accumulate(idx, out=idx)
+    last = np.where(idx >= 0, px0[np.maximum(idx, 0)], np.nan)
+    return cur, last
+
+
+@dataclass
+class BookArrays:
+    """The book as the kernels read it (on the backend's device)."""
+
+    ts: object
+    bid_px: object
+    ask_px: object
+    bid_sz: object
+    ask_sz: object
+    bid0: object
+    ask0: object
+    pbid: object
+    pask: object
+
+    @property
+    def T(self) -> int:
+        return int(self.ts.shape[0])
+
+    def as_args(self) -> tuple:
+        return (self.ts, self.bid_px, self.ask_px, self.bid_sz, self.ask_sz,
+                self.bid0, self.ask0, self.pbid, self.pask)
+
+
+def prepare_book(book, backend: Backend) -> BookArrays:
+    """Contiguous, canonically typed book arrays plus the top-of-book helpers, on device."""
+    ts = np.ascontiguousarray(book.ts, dtype=np.int64)
+    bid_px = np.ascontiguousarray(book.bid_px, dtype=np.float64)
+    ask_px = np.ascontiguousarray(book.ask_px, dtype=np.float64)
+    bid_sz = np.ascontiguousarray(book.bid_sz, dtype=np.float32)
+    ask_sz = np.ascontiguousarray(book.ask_sz, dtype=np.float32)
+    bid0, pbid = last_seen_top(bid_px[:, 0])
+    ask0, pask = last_seen_top(ask_px[:, 0])
+    dev = backend.to_device
+    return BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
+                      dev(bid0), dev(ask0), dev(pbid), dev(pask))
+
+
+def allocate(C: int, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.zeros((C, NRAW), np.float64), np.zeros((C, B), np.float64),
+            np.zeros((C, B), np.int32), np.zeros((C, B), np.int32))
+
+
+def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], buckets: int,
+        batch: int = DEFAULT_BATCH):
+    """Run the kernel for every configuration in `cfg` (typed host arrays, FIELDS order).
+
+    Returns host (raw, bucket_pnl, bucket_trades, bucket_wins).
+    """
+    C = int(cfg[FIELDS[0]].shape[0])
+    out = allocate(C, buckets)
+    batch = max(1, int(batch))
+    if backend.is_cuda:
+        from gpu_engine.kernels import cuda as kcuda
+
+        xp = backend.xp
+        dbank = backend.to_device(bank)
+        for lo in range(0, C, batch):
+            hi = min(C, lo + batch)
+            n = hi - lo
+            dcfg = tuple(backend.to_device(np.ascontiguousarray(cfg[f][lo:hi])) for f in FIELDS)
+            dout = (xp.zeros((n, NRAW), xp.float64), xp.zeros((n, buckets), xp.float64),
+                    xp.zeros((n, buckets), xp.int32), xp.zeros((n, buckets), xp.int32))
+            kcuda.launch(book.as_args() + (dbank,) + dcfg + dout, n)
+            for host, dev in zip(out, dout):
+                host[lo:hi] = backend.to_host(dev)
+    else:
+        from gpu_engine.kernels.cpu import sweep_cpu
+
+        hbank = np.ascontiguousarray(bank, dtype=np.float32)
+        for lo in range(0, C, batch):
+            hi = min(C, lo + batch)
+            args = tuple(np.ascontiguousarray(cfg[f][lo:hi]) for f in FIELDS)
+            sweep_cpu(*book.as_args(), hbank, *args, *(o[lo:hi] for o in out))
+    return out

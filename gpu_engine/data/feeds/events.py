@@ -4,11 +4,24 @@ A reader is a generator `read(paths, depth, symbol, report) -> Iterator[BookRow 
 (registered by format name in `gpu_engine.data.importers.FORMATS`). It never yields a
 row from a book known to be wrong (between a gap and its resync, or crossed without a
 flag); it counts everything it skipped or refused in `report`.
+
+Reader duties (the importer relies on them):
+* `report.messages += 1` per exchange message read (header/blank lines excluded);
+* rows in non-decreasing `ts` (book rows and trades separately; the store refuses
+  anything else); set `symbol` on rows when the input mixes instruments;
+* record gaps with `report.add_gap(time_ns, reason, **info)` and set
+  `report.gaps[-1]["until"] = ts` plus `report.resyncs += 1` on the resync;
+* put per-store attrs (exchange, tick_size, lot_size, market, ...) and
+  format-specific counters in `report.extra` (JSON-able; all of it lands in the
+  store attrs); `report.count(key)` increments a counter in `report.extra`;
+* unusable input -> raise `InputError.at(path, line, field, problem)`;
+* read files through `gpu_engine.data.feeds.jsonl.iter_lines` (gzip detection,
+  truncated-gzip handling, byte progress via `report.advance`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -54,7 +67,25 @@ class ImportReport:
     ts_min: int | None = None
     ts_max: int | None = None
     notes: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)  # format-specific counters (e.g. LOBSTER agreement)
+    extra: dict = field(default_factory=dict)  # store attrs + format-specific counters (e.g. LOBSTER agreement)
+    symbol: str | None = None  # instrument the rows belong to (set by the reader or the importer)
+    bytes_read: int = 0        # input bytes consumed so far (compressed bytes for gzip)
+    progress: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
+
+    def advance(self, nbytes: int) -> None:
+        """Readers call this as they consume input; drives the importer's progress bar."""
+        self.bytes_read += nbytes
+        if self.progress is not None:
+            self.progress(nbytes)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Increment a format-specific counter in `extra`."""
+        self.extra[key] = self.extra.get(key, 0) + n
+
+    def note(self, text: str) -> None:
+        """A line for the summary (deduplicated)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def add_gap(self, time_ns: int, reason: str, **info) -> None:
         self.gaps.append({"time": int(time_ns), "reason": reason, **info})

@@ -1,0 +1,445 @@
+"""The per-block Bitcoin dataset: issuance, height->time map, fair values, price; build/write/load/lookup.
+
+One row per height 0..N-1 (ARCHITECTURE section 3), dtype `BLOCK_DTYPE` (packed, little-endian):
+
+  height        int32    block height (== row index)
+  time          int64    unix seconds of the block by the time map (`blocks_timemap`)
+  subsidy_sat   int64    block subsidy in satoshi: (50e8 >> (h // 210000)), 0 from epoch 64
+                         (Bitcoin Core GetBlockSubsidy); the last paying epoch is 32 (1 sat),
+                         subsidy is 0 from height 6,930,000
+  supply_sat    int64    cumulative subsidy of blocks 0..h INCLUSIVE, genesis included (its 50 BTC
+                         are unspendable but are part of the schedule, as most explorers count
+                         them); the total tends to 2,099,999,997,690,000 sat
+  s2f           float64  stock-to-flow, nominal convention: supply_sat / (subsidy_sat * 52,560)
+                         (52,560 = 144 blocks/day * 365); +inf once the subsidy is 0
+  fair_pl       float64  power-law fair value, USD: A * d^n with `POWER_LAW` (Santostasi as charted,
+                         A = 1.0117e-17, n = 5.82), d = fractional days since 2009-01-03 00:00 UTC at
+                         the block's time
+  fair_s2f      float64  stock-to-flow model price, USD: e^-1.84 * s2f^3.36 (PlanB's per-coin form)
+  price         float64  BTC/USD: real daily closes interpolated log-linearly where `prices` cover the
+                         block, else the seeded synthetic model (`blocks_price`)
+  price_source  uint8    1 real, 0 synthetic
+
+Public API (stable; other modules call these):
+  build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0) -> (array, meta)
+  write(path, arr, meta)       .npy written to a temp path then renamed, plus the sidecar JSON
+                               `<path minus .npy>.json` (schema version, model parameters with their
+                               sources, input files with sha256, array sha256, build time)
+  load(path) -> array          memory-mapped, read-only (np.load mmap_mode='r'); load_meta(path) -> dict
+  height_at(blocks, t)         vectorised: the height of the latest block with time <= t; -1 where t
+                               is before the genesis block; the tip's height for t past the tip
+  block_at(blocks, t)          the record(s) at height_at(blocks, t); raises ValueError if any t is
+                               before the genesis block (there is no block yet)
+  summary(blocks, meta) -> str
+  add_cli(subparsers)          `python -m gpu_engine.data blocks ...`
+
+Length: `n_blocks` rows; or every block with time before the end of the UTC day `until`
+(inclusive of that day); by default every block whose mapped time is <= now (build time).
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import hashlib
+import json
+import math
+import os
+import time as _time
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from gpu_engine.data.blocks_price import block_prices
+from gpu_engine.data.blocks_sources import DailySeries, parse_day, read_chain_stats, read_prices
+from gpu_engine.data.blocks_timemap import build_time_map
+from gpu_engine.data.errors import InputError
+
+SCHEMA_VERSION = 1
+BLOCK_DTYPE = np.dtype([
+    ("height", "<i4"), ("time", "<i8"), ("subsidy_sat", "<i8"), ("supply_sat", "<i8"),
+    ("s2f", "<f8"), ("fair_pl", "<f8"), ("fair_s2f", "<f8"), ("price", "<f8"), ("price_source", "u1"),
+])
+DEFAULT_OUT = "data/blocks.npy"
+
+HALVING_INTERVAL = 210_000
+COIN = 100_000_000
+INITIAL_SUBSIDY_SAT = 50 * COIN
+BLOCKS_PER_YEAR = 52_560  # nominal: 144 blocks/day * 365
+MAX_BLOCKS = 2**31 - 1  # height is int32
+
+# cumulative issuance before epoch e (e = 0..64), exact integers
+_EPOCH_START_SUPPLY = np.array(
+    [sum(HALVING_INTERVAL * (INITIAL_SUBSIDY_SAT >> k) for k in range(e)) for e in range(65)], dtype=np.int64)
+TOTAL_ISSUANCE_SAT = int(_EPOCH_START_SUPPLY[64])
+
+DAY0_UNIX = 1230940800  # 2009-01-03 00:00:00 UTC, the power law's day 0
+POWER_LAW = {
+    "variant": "Santostasi (as charted)",
+    "formula": "price = A * d^n, d = fractional days since day0 00:00 UTC at the block time",
+    "A": 1.0117e-17,
+    "n": 5.82,
+    "day0": "2009-01-03",
+    "source": "charts.bgeometrics.com/power_law.html (REFERENCE section 3)",
+}
+S2F_MODEL = {
+    "formula": "fair_s2f = exp(a) * s2f^b",
+    "a": -1.84,
+    "b": 3.36,
+    "s2f": "supply_sat / (subsidy_sat * 52560): stock over nominal annual flow; inf once subsidy is 0",
+    "source": "PlanB, 'Modeling Bitcoin Value with Scarcity' (2019) and later charts' per-coin form "
+              "(REFERENCE section 2)",
+}
+ISSUANCE = {
+    "rule": "subsidy_sat = (50e8 >> (h // 210000)), 0 when h // 210000 >= 64; "
+            "supply_sat = sum of subsidies of blocks 0..h inclusive (genesis included)",
+    "source": "Bitcoin Core validation.cpp GetBlockSubsidy; chainparams.cpp nSubsidyHalvingInterval=210000",
+    "supply_includes_genesis": True,
+    "total_issuance_sat": TOTAL_ISSUANCE_SAT,
+}
+
+
+# ---------------------------------------------------------------- issuance and fair values
+
+def subsidy_sat(heights) -> np.ndarray:
+    """Block subsidy in satoshi (int64), vectorised integer shifts."""
+    h = np.asarray(heights, dtype=np.int64)
+    e = h // HALVING_INTERVAL
+    sub = np.right_shift(np.int64(INITIAL_SUBSIDY_SAT), np.minimum(e, 63))
+    return np.where(e < 64, sub, np.int64(0))
+
+
+def supply_sat(heights) -> np.ndarray:
+    """Cumulative issuance after block h (blocks 0..h inclusive, genesis included), int64 satoshi."""
+    h = np.asarray(heights, dtype=np.int64)
+    e = np.minimum(h // HALVING_INTERVAL, 64)
+    return _EPOCH_START_SUPPLY[e] + (h % HALVING_INTERVAL + 1) * subsidy_sat(h)
+
+
+def days_since_day0(unix_time) -> np.ndarray:
+    return (np.asarray(unix_time, dtype=np.float64) - DAY0_UNIX) / 86400.0
+
+
+def log_fair_pl(unix_time) -> np.ndarray:
+    """Natural log of the power-law fair value at `unix_time`."""
+    return math.log(POWER_LAW["A"]) + POWER_LAW["n"] * np.log(days_since_day0(unix_time))
+
+
+def stock_to_flow(supply, subsidy) -> np.ndarray:
+    flow = np.asarray(subsidy, dtype=np.float64) * BLOCKS_PER_YEAR
+    with np.errstate(divide="ignore"):
+        return np.asarray(supply, dtype=np.float64) / flow
+
+
+def fair_s2f(s2f) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return math.exp(S2F_MODEL["a"]) * np.power(s2f, S2F_MODEL["b"])
+
+
+# ---------------------------------------------------------------- build
+
+def _as_series(items, reader) -> list[DailySeries]:
+    if isinstance(items, (str, os.PathLike, DailySeries)):
+        items = [items]
+    return [x if isinstance(x, DailySeries) else reader(x) for x in items]
+
+
+def _until_end(until) -> int:
+    """Unix time of the end of the UTC day `until` (exclusive bound)."""
+    if isinstance(until, datetime):
+        until = until.astimezone(timezone.utc).date() if until.tzinfo else until.date()
+    if isinstance(until, date):
+        day = (until - date(1970, 1, 1)).days
+    else:
+        try:
+            day = parse_day(str(until))
+        except ValueError as exc:
+            raise InputError.at("--until", None, None, f"unparsable date: {exc}") from None
+    return (day + 1) * 86400
+
+
+def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None):
+    """Build the dataset in memory: (structured array of BLOCK_DTYPE, meta dict).
+
+    n_blocks: rows 0..n_blocks-1. until: 'YYYY-MM-DD' (or a date): every block mapped before the
+    end of that UTC day. Neither: every block mapped at or before `now` (default: the current
+    time). prices / chain_stats: CSV paths (or DailySeries). seed: synthetic price seed.
+    Unusable input raises InputError.
+    """
+    t_start = _time.perf_counter()
+    if n_blocks is not None and until is not None:
+        raise InputError.at("--blocks/--until", None, None, "give at most one of them")
+    if n_blocks is not None:
+        if isinstance(n_blocks, bool) or int(n_blocks) != n_blocks or n_blocks <= 0:
+            raise InputError.at("--blocks", None, None, f"must be a positive block count, got {n_blocks}")
+        if n_blocks > MAX_BLOCKS:
+            raise InputError.at("--blocks", None, None, f"at most {MAX_BLOCKS} blocks (int32 heights)")
+    price_series = _as_series(prices, read_prices)
+    count_series = _as_series(chain_stats, read_chain_stats)
+    tmap = build_time_map(count_series)
+
+    built_at = _time.time()
+    if n_blocks is not None:
+        n = int(n_blocks)
+        length_rule = f"n_blocks={n}"
+    elif until is not None:
+        end = _until_end(until)
+        n = tmap.count_before(end - 1)
+        if n <= 0:
+            raise InputError.at("--until", None, None, f"{until} is before the genesis block")
+        length_rule = f"until end of UTC day {until} (time < {end})"
+    else:
+        ref = built_at if now is None else float(now)
+        n = tmap.count_before(ref)
+        length_rule = f"every block with time <= build time {int(ref)}"
+    if n > MAX_BLOCKS:
+        raise InputError.at("--until", None, None, f"more than {MAX_BLOCKS} blocks")
+
+    heights = np.arange(n, dtype=np.int64)
+    times = tmap(heights)
+    sub = subsidy_sat(heights)
+    sup = supply_sat(heights)
+    s2f = stock_to_flow(sup, sub)
+    lpl = log_fair_pl(times)
+    price, source, price_info = block_prices(times, heights, lpl, price_series, seed, log_fair_pl)
+
+    arr = np.empty(n, dtype=BLOCK_DTYPE)
+    arr["height"] = heights
+    arr["time"] = times
+    arr["subsidy_sat"] = sub
+    arr["supply_sat"] = sup
+    arr["s2f"] = s2f
+    arr["fair_pl"] = np.exp(lpl)
+    arr["fair_s2f"] = fair_s2f(s2f)
+    arr["price"] = price
+    arr["price_source"] = source
+
+    tm_info = tmap.info
+    tm_info["real_time_heights"] = {
+        "exact": [a["height"] for a in tm_info["exact_anchors"] if a["height"] < n],
+        "daily_counts": [s["heights"] for s in tm_info["daily_counts"]],
+        "extrapolated_from_height": int(np.floor(tm_info["extrapolation"]["after_height"])) + 1,
+    }
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "gpu_engine.data.blocks",
+        "dtype": [list(d) for d in BLOCK_DTYPE.descr],
+        "n_blocks": n,
+        "first_time": int(times[0]),
+        "last_time": int(times[-1]),
+        "length_rule": length_rule,
+        "seed": int(seed),
+        "inputs": [s.describe("prices") for s in price_series] + [s.describe("chain_stats") for s in count_series],
+        "issuance": ISSUANCE,
+        "time_map": tm_info,
+        "power_law": POWER_LAW,
+        "s2f_model": S2F_MODEL,
+        "price": price_info,
+        "build": {
+            "time_utc": datetime.fromtimestamp(built_at, timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(_time.perf_counter() - t_start, 3),
+        },
+    }
+    return arr, meta
+
+
+# ---------------------------------------------------------------- files
+
+def sidecar_path(path) -> Path:
+    p = Path(path)
+    return p.with_suffix(".json")
+
+
+def array_sha256(arr) -> str:
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(memoryview(a.view(np.uint8))).hexdigest()
+
+
+def write(path, arr, meta) -> Path:
+    """Write `arr` to `path` (.npy) and its sidecar JSON; temp files renamed into place.
+
+    Adds `array_sha256` to `meta`. Raises InputError if the path cannot be written (no partial
+    file is left behind).
+    """
+    p = Path(path)
+    if p.suffix != ".npy":
+        raise InputError.at(p, None, "--out", "output path must end in .npy")
+    if arr.dtype != BLOCK_DTYPE:
+        raise ValueError(f"dtype {arr.dtype} is not BLOCK_DTYPE")
+    meta = dict(meta)
+    meta["array_sha256"] = array_sha256(arr)
+    side = sidecar_path(p)
+    tmp_arr = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp_arr, "wb") as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp_side, "w") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_arr, p)
+        os.replace(tmp_side, side)
+    except OSError as exc:
+        raise InputError.at(p, None, "--out", f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        for t in (tmp_arr, tmp_side):
+            try:
+                t.unlink()
+            except OSError:
+                pass
+    return p
+
+
+def load(path) -> np.ndarray:
+    """Memory-map a written dataset (read-only). Missing/foreign file -> InputError."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError.at(path, None, None, f"cannot load a block dataset: {exc}") from None
+    if arr.dtype != BLOCK_DTYPE or arr.ndim != 1:
+        raise InputError.at(path, None, None, f"not a block dataset (dtype {arr.dtype})")
+    return arr
+
+
+def load_meta(path) -> dict:
+    side = sidecar_path(path)
+    try:
+        return json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError.at(side, None, None, f"cannot read the sidecar: {exc}") from None
+
+
+# ---------------------------------------------------------------- lookups
+
+_SMALL_QUERY = 32  # below this many times, bisect the (strided) time column instead of copying it
+
+
+def height_at(blocks, unix_time):
+    """Height of the latest block with time <= unix_time (vectorised; -1 before genesis).
+
+    Times past the tip give the tip's height (no extrapolation). Returns an int64 scalar for a
+    scalar input, else an int64 array of the input's shape.
+    """
+    times = blocks["time"]
+    t = np.asarray(unix_time)
+    if t.size < _SMALL_QUERY:
+        flat = [bisect.bisect_right(times, v) - 1 for v in t.ravel().tolist()]
+        out = np.asarray(flat, dtype=np.int64).reshape(t.shape)
+    else:
+        out = np.searchsorted(times, t, side="right").astype(np.int64) - 1
+    return out[()] if out.ndim == 0 else out
+
+
+def block_at(blocks, unix_time):
+    """Record(s) of the latest block with time <= unix_time; ValueError if any time is before genesis."""
+    h = height_at(blocks, unix_time)
+    if np.any(np.asarray(h) < 0):
+        raise ValueError(f"time before the genesis block (first block time {int(blocks['time'][0])})")
+    return blocks[h]
+
+
+# ---------------------------------------------------------------- summary
+
+def _utc(t) -> str:
+    return datetime.fromtimestamp(int(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def power_law_r2(blocks) -> dict | None:
+    """Log-log fit quality of the power law against the real prices (None without real prices)."""
+    real = np.asarray(blocks["price_source"]) == 1
+    if real.sum() < 3:
+        return None
+    x = np.log10(days_since_day0(np.asarray(blocks["time"])[real]))
+    y = np.log10(np.asarray(blocks["price"])[real])
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    model = np.log10(POWER_LAW["A"]) + POWER_LAW["n"] * x
+    r2_model = 1.0 - float(np.sum((y - model) ** 2)) / ss_tot
+    slope, icpt = np.polyfit(x, y, 1)
+    r2_fit = 1.0 - float(np.sum((y - (icpt + slope * x)) ** 2)) / ss_tot
+    return {"r2_model": r2_model, "r2_refit": r2_fit, "refit_n": float(slope), "refit_log10A": float(icpt),
+            "blocks": int(real.sum())}
+
+
+def summary(blocks, meta) -> str:
+    n = len(blocks)
+    tip = blocks[n - 1]
+    h = int(tip["height"])
+    lines = []
+    sha = (meta or {}).get("array_sha256", "")
+    lines.append(f"block dataset: schema {meta.get('schema_version', '?')}, seed {meta.get('seed', '?')}"
+                 + (f", sha256 {sha[:16]}..." if sha else ""))
+    lines.append(f"count: {n:,} blocks (heights 0 .. {h:,})")
+    lines.append(f"span: {_utc(blocks['time'][0])} .. {_utc(tip['time'])}")
+    lines.append(f"tip: epoch {h // HALVING_INTERVAL} (subsidy {int(tip['subsidy_sat']) / COIN:g} BTC), "
+                 f"supply {int(tip['supply_sat']) / COIN:,.8f} BTC (genesis included)")
+    pl = meta.get("power_law", POWER_LAW)
+    lines.append(f"fair values at tip: power law ({pl['variant']}, A={pl['A']:g}, n={pl['n']:g}, day 0 {pl['day0']}) "
+                 f"${float(tip['fair_pl']):,.2f}; S2F {float(tip['s2f']):.1f} -> e^-1.84*SF^3.36 "
+                 f"${float(tip['fair_s2f']):,.2f}")
+    src = "real" if int(tip["price_source"]) == 1 else "synthetic"
+    lines.append(f"price at tip: ${float(tip['price']):,.2f} ({src})")
+    fit = power_law_r2(blocks)
+    if fit is None:
+        lines.append("real prices: none (synthetic price everywhere)")
+    else:
+        real = np.nonzero(np.asarray(blocks["price_source"]) == 1)[0]
+        lines.append(f"real prices: {fit['blocks']:,} blocks (heights {real[0]:,} .. {real[-1]:,}, "
+                     f"{_utc(blocks['time'][real[0]])[:10]} .. {_utc(blocks['time'][real[-1]])[:10]})")
+        lines.append(f"power law vs real prices (log-log): R^2 {fit['r2_model']:.4f} for the fixed model; "
+                     f"OLS refit R^2 {fit['r2_refit']:.4f} (n={fit['refit_n']:.3f}, "
+                     f"log10 A={fit['refit_log10A']:.3f})")
+    tm = meta.get("time_map")
+    if tm:
+        counts = tm.get("daily_counts") or []
+        cov = "; ".join(f"heights {c['heights'][0]:,}..{c['heights'][1]:,} ({c['first_day']}..{c['last_day']})"
+                        for c in counts) or "none"
+        ex = tm["extrapolation"]
+        lines.append(f"time map: {len(tm['exact_anchors'])} exact anchors, {len(tm['day_anchors_used'])} day anchors, "
+                     f"daily counts: {cov}; extrapolated past height {ex['after_height']:,.0f} "
+                     f"at {ex['spacing_s']:.1f} s/block")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "blocks", help="build the per-block Bitcoin dataset (or print the summary of one)",
+        description="Build data/blocks.npy (+ .json sidecar): issuance, time map, fair values, price per block.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--blocks", type=int, metavar="N", help="number of blocks (heights 0..N-1)")
+    g.add_argument("--until", metavar="YYYY-MM-DD", help="every block up to the end of this UTC day")
+    p.add_argument("--prices", nargs="+", action="extend", default=[], metavar="CSV",
+                   help="daily BTC/USD closes (Yahoo OHLCV or Coin Metrics CSV); first file wins on overlap")
+    p.add_argument("--chain-stats", nargs="+", action="extend", default=[], metavar="CSV",
+                   help="daily block counts (bitcoinvisuals or Coin Metrics CSV) refining the time map")
+    p.add_argument("--seed", type=int, default=None, help="synthetic price seed (default 0)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output .npy path (default {DEFAULT_OUT})")
+    p.add_argument("--summary", nargs="?", const=True, default=None, metavar="PATH",
+                   help="only print the summary of an existing dataset (PATH, default --out)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    if args.summary is not None:
+        if args.blocks is not None or args.until or args.prices or args.chain_stats or args.seed is not None:
+            raise InputError.at("--summary", None, None, "prints an existing dataset; give no build options")
+        path = args.out if args.summary is True else args.summary
+        if not Path(path).is_file():
+            raise InputError.at(path, None, None, "no such dataset (build it with `python -m gpu_engine.data blocks`)")
+        blocks = load(path)
+        meta = load_meta(path) if sidecar_path(path).is_file() else {}
+        print(summary(blocks, meta))
+        return 0
+    arr, meta = build(n_blocks=args.blocks, until=args.until, prices=args.prices, chain_stats=args.chain_stats,
+                      seed=0 if args.seed is None else args.seed)
+    out = write(args.out, arr, meta)
+    print(f"wrote {out} ({len(arr):,} blocks, {out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out)} "
+          f"in {meta['build']['seconds']:.2f} s build")
+    print(summary(arr, load_meta(out)))
+    return 0

@@ -1,0 +1,161 @@
+"""`PriceLevelBook`: a local L2 book (price -> absolute size, both sides) for every feed reader.
+
+Each side is a dict price -> size plus a sorted list of its prices kept with
+`bisect` (bids stored negated, so both lists ascend from the best level). A
+level update is O(log n) to find plus a memmove of at most a few thousand
+floats; `top(L)` reads the first L entries. Sizes are absolute: size 0 deletes
+the level (deleting a level the book does not hold is normal and ignored).
+
+Inputs are floats already parsed and checked by the reader (finite price > 0,
+finite size >= 0); `parse_levels` does that for the usual `[[price, size], ...]`
+string lists and raises `LevelError` naming the bad field.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from typing import Iterable
+
+import numpy as np
+
+
+class LevelError(ValueError):
+    """A price/size pair that cannot be applied. `kind` is 'bad_number' or 'negative_size'."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def parse_levels(levels, field: str = "levels") -> list[tuple[float, float]]:
+    """`[[price, size, ...], ...]` (strings or numbers) -> [(price, size)] floats, validated.
+
+    Raises LevelError('bad_number') for a non-number / non-finite / non-positive price
+    or a non-number size, LevelError('negative_size') for a size < 0.
+    """
+    out = []
+    try:
+        for lv in levels:
+            p = float(lv[0])
+            q = float(lv[1])
+            if not (p > 0.0 and p < math.inf and q < math.inf):  # also rejects NaN
+                if q < 0.0:
+                    raise LevelError("negative_size", f"{field}: negative size {lv[1]!r} at price {lv[0]!r}")
+                raise LevelError("bad_number", f"{field}: price/size not a finite number: {lv!r}")
+            if q < 0.0:
+                raise LevelError("negative_size", f"{field}: negative size {lv[1]!r} at price {lv[0]!r}")
+            out.append((p, q))
+    except LevelError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise LevelError("bad_number", f"{field}: not a [price, size] list of numbers ({exc})") from None
+    return out
+
+
+class PriceLevelBook:
+    """Both sides of an L2 book with absolute-size level updates."""
+
+    __slots__ = ("bids", "asks", "_bk", "_ak")
+
+    def __init__(self):
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self._bk: list[float] = []  # negated bid prices, ascending (best first)
+        self._ak: list[float] = []  # ask prices, ascending (best first)
+
+    def clear(self) -> None:
+        self.bids.clear()
+        self.asks.clear()
+        self._bk.clear()
+        self._ak.clear()
+
+    def apply_snapshot(self, bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]]) -> None:
+        """Replace the whole book (levels with size 0 are dropped)."""
+        self.clear()
+        for p, q in bids:
+            if q > 0.0:
+                self.bids[p] = q
+        for p, q in asks:
+            if q > 0.0:
+                self.asks[p] = q
+        self._bk = sorted(-p for p in self.bids)
+        self._ak = sorted(self.asks)
+
+    def set_bid(self, p: float, q: float) -> None:
+        d = self.bids
+        if q > 0.0:
+            if p not in d:
+                keys = self._bk
+                keys.insert(bisect_left(keys, -p), -p)
+            d[p] = q
+        elif p in d:
+            del d[p]
+            keys = self._bk
+            del keys[bisect_left(keys, -p)]
+
+    def set_ask(self, p: float, q: float) -> None:
+        d = self.asks
+        if q > 0.0:
+            if p not in d:
+                keys = self._ak
+                keys.insert(bisect_left(keys, p), p)
+            d[p] = q
+        elif p in d:
+            del d[p]
+            keys = self._ak
+            del keys[bisect_left(keys, p)]
+
+    def update(self, bids: Iterable[tuple[float, float]] = (), asks: Iterable[tuple[float, float]] = ()) -> None:
+        """Apply absolute level sizes on both sides (0 deletes)."""
+        for p, q in bids:
+            self.set_bid(p, q)
+        for p, q in asks:
+            self.set_ask(p, q)
+
+    # -- reading
+    def best_bid(self) -> tuple[float, float]:
+        """(price, size) of the best bid, (NaN, 0) when empty."""
+        if self._bk:
+            p = -self._bk[0]
+            return p, self.bids[p]
+        return math.nan, 0.0
+
+    def best_ask(self) -> tuple[float, float]:
+        if self._ak:
+            p = self._ak[0]
+            return p, self.asks[p]
+        return math.nan, 0.0
+
+    def crossed(self) -> bool:
+        """Best bid >= best ask (crossed or locked); False when a side is empty."""
+        return bool(self._bk and self._ak and -self._bk[0] >= self._ak[0])
+
+    def empty(self) -> bool:
+        return not self._bk and not self._ak
+
+    def __len__(self) -> int:
+        return len(self._bk) + len(self._ak)
+
+    def top(self, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(bid_px f64[L], ask_px f64[L], bid_sz f32[L], ask_sz f32[L]); absent levels NaN / 0."""
+        bk = self._bk[:L]
+        ak = self._ak[:L]
+        nb, na = len(bk), len(ak)
+        bid_px = np.full(L, np.nan)
+        ask_px = np.full(L, np.nan)
+        bid_sz = np.zeros(L, np.float32)
+        ask_sz = np.zeros(L, np.float32)
+        if nb:
+            b = self.bids
+            bid_px[:nb] = bk
+            np.negative(bid_px[:nb], out=bid_px[:nb])
+            bid_sz[:nb] = [b[-k] for k in bk]
+        if na:
+            a = self.asks
+            ask_px[:na] = ak
+            ask_sz[:na] = [a[k] for k in ak]
+        return bid_px, ask_px, bid_sz, ask_sz
+
+    def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """Every level, best first: ([(bid px, size)...], [(ask px, size)...])."""
+        return ([(-k, self.bids[-k]) for k in self._bk], [(k, self.asks[k]) for k in self._ak])

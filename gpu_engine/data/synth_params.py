@@ -1,0 +1,154 @@
+"""Parameters of the synthetic order-flow generator, with the calibrated defaults (docs/SYNTH.md).
+
+`SynthParams` is a frozen dataclass: `validate()` rejects unusable values with an `InputError`
+naming the field, `vector()` packs it for the numba engine, `to_dict()` goes into the store's
+`source` attribute so a store records exactly how it was made.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from gpu_engine.data import synth_engine as E
+from gpu_engine.data.errors import InputError
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    # instrument (Binance BTCUSDT spot)
+    tick_size: float = 0.01
+    lot_size: float = 1e-5
+    min_notional: float = 5.0          # USDT; smallest order = ceil(min_notional / price / lot) lots
+    depth: int = 20
+    sample_ms: int = 100               # one row per 100 ms boundary with >= 1 book event (depth@100ms)
+    warmup_s: float = 300.0            # simulated, not recorded, before the first row
+    window_ticks: int = 1 << 18        # price window held in memory (recentred when needed)
+    # market orders: bivariate Hawkes, two exponential kernels, rates in 1/s
+    mu_mo: float = 0.6                 # baseline per side
+    alpha_self_fast: float = 1.0
+    alpha_cross_fast: float = 0.2
+    beta_fast: float = 2.0
+    alpha_self_slow: float = 0.01
+    alpha_cross_slow: float = 0.005
+    beta_slow: float = 0.05
+    mo_size_median: float = 0.003      # BTC, lognormal
+    mo_size_sigma: float = 2.45
+    mo_size_max: float = 10.0          # BTC
+    # limit orders
+    lam_touch: float = 20.0            # per side, near the opposite best
+    alpha_touch: float = 2.0           # touch-limit intensity jump per market order (fast kernel)
+    touch_geom_p: float = 0.7          # distance d = 1 + Geometric(p) - 1 ticks from the opposite best
+    touch_size_median: float = 0.05
+    touch_size_sigma: float = 1.5
+    lam_deep: float = 20.0             # per side, uniform in 1..d_max ticks from the opposite best
+    d_max: int = 30000
+    deep_size_median: float = 0.002
+    deep_size_sigma: float = 2.3
+    # cancels
+    delta: float = 0.01                # per resting order, 1/s (Santa Fe)
+    lam_touch_cancel: float = 15.0     # per side, one order pulled at the best
+    alpha_touch_cancel: float = 3.0    # jump per market order hitting that side (fast kernel)
+    # latent fair value and meta-orders (order-flow imbalance a in [-0.95, 0.95])
+    fair_sigma: float = 300.0          # ticks / sqrt(s), random walk
+    fair_pull: float = 0.6             # a += fair_pull * tanh((fair - mid) / fair_scale)
+    fair_scale: float = 1000.0         # ticks
+    meta_weight: float = 0.3           # a += meta_weight * meta_sign
+    meta_alpha: float = 1.5            # Pareto tail of meta-order durations (sign ACF ~ lag^-(alpha-1))
+    meta_min_s: float = 2.0
+    touch_cancel_bias: float = 1.0     # touch cancels tilt with a too (ask makers pull when a > 0)
+
+    # ------------------------------------------------------------------
+    def branching_ratio(self) -> float:
+        """Spectral radius of the market-order Hawkes kernel matrix (must be < 1)."""
+        n_f = (self.alpha_self_fast + self.alpha_cross_fast) / self.beta_fast
+        n_s = (self.alpha_self_slow + self.alpha_cross_slow) / self.beta_slow
+        return n_f + n_s  # symmetric 2x2 kernels: largest eigenvalue = self + cross
+
+    def mean_mo_rate(self) -> float:
+        """Stationary market orders per second, both sides together (imbalance ignored)."""
+        return 2.0 * self.mu_mo / (1.0 - self.branching_ratio())
+
+    def validate(self) -> "SynthParams":
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"synth parameter {f.name!r}: {v!r} is not a finite number")
+            if v < 0:
+                raise InputError(f"synth parameter {f.name!r}: {v!r} is negative")
+        positive = ("tick_size", "lot_size", "depth", "sample_ms", "beta_fast", "beta_slow",
+                    "mo_size_median", "mo_size_max", "touch_size_median", "deep_size_median",
+                    "touch_geom_p", "d_max", "fair_scale", "meta_alpha", "meta_min_s", "mu_mo")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InputError(f"synth parameter {name!r}: must be > 0")
+        inv = 1.0 / self.tick_size
+        if abs(inv - round(inv)) > 1e-9:
+            raise InputError(f"synth parameter 'tick_size': 1/tick_size must be an integer, got {self.tick_size}")
+        if self.touch_geom_p > 1:
+            raise InputError("synth parameter 'touch_geom_p': must be <= 1")
+        n = self.branching_ratio()
+        if not n < 1:
+            raise InputError(f"synth parameters: Hawkes branching ratio {n:.3f} must be < 1")
+        w = self.window_ticks
+        if w & (w - 1) or w < 1 << 12:
+            raise InputError("synth parameter 'window_ticks': must be a power of two >= 4096")
+        if self.d_max + 64 >= w // 8:
+            raise InputError("synth parameter 'd_max': must be below window_ticks / 8 - 64")
+        return self
+
+    def ticks_per_unit(self) -> int:
+        return int(round(1.0 / self.tick_size))
+
+    def to_lots(self, btc: float) -> float:
+        return btc / self.lot_size
+
+    def vector(self, price: float) -> np.ndarray:
+        """The engine's parameter vector for a run whose price level is `price`."""
+        p = np.zeros(E.P_N, np.float64)
+        p[E.P_MU_MO] = self.mu_mo
+        p[E.P_A_SELF_F] = self.alpha_self_fast
+        p[E.P_A_CROSS_F] = self.alpha_cross_fast
+        p[E.P_BETA_F] = self.beta_fast
+        p[E.P_A_SELF_S] = self.alpha_self_slow
+        p[E.P_A_CROSS_S] = self.alpha_cross_slow
+        p[E.P_BETA_S] = self.beta_slow
+        p[E.P_MO_LN_MU] = math.log(self.to_lots(self.mo_size_median))
+        p[E.P_MO_LN_SIG] = self.mo_size_sigma
+        p[E.P_MO_MAX] = round(self.to_lots(self.mo_size_max))
+        p[E.P_MIN_LOTS] = max(1.0, math.ceil(self.min_notional / price / self.lot_size - 1e-9))
+        p[E.P_LAM_TOUCH] = self.lam_touch
+        p[E.P_A_TOUCH] = self.alpha_touch
+        p[E.P_TOUCH_GEOM] = self.touch_geom_p
+        p[E.P_TL_LN_MU] = math.log(self.to_lots(self.touch_size_median))
+        p[E.P_TL_LN_SIG] = self.touch_size_sigma
+        p[E.P_LAM_DEEP] = self.lam_deep
+        p[E.P_D_MAX] = self.d_max
+        p[E.P_DL_LN_MU] = math.log(self.to_lots(self.deep_size_median))
+        p[E.P_DL_LN_SIG] = self.deep_size_sigma
+        p[E.P_DELTA] = self.delta
+        p[E.P_LAM_TC] = self.lam_touch_cancel
+        p[E.P_A_TC] = self.alpha_touch_cancel
+        p[E.P_SIG_F] = self.fair_sigma
+        p[E.P_K_F] = self.fair_pull
+        p[E.P_L_F] = self.fair_scale
+        p[E.P_W_META] = self.meta_weight
+        p[E.P_META_ALPHA] = self.meta_alpha
+        p[E.P_META_MIN] = self.meta_min_s
+        p[E.P_TC_BIAS] = self.touch_cancel_bias
+        p[E.P_SAMPLE_S] = self.sample_ms / 1000.0
+        p[E.P_DEPTH] = self.depth
+        return p
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "SynthParams":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise InputError(f"synth parameters: unknown field(s) {sorted(unknown)}")
+        return replace(self, **changes)
+
+
+DEFAULT = SynthParams()

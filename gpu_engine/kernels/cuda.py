@@ -1,0 +1,41 @@
+"""CUDA sweep kernel: numba-cuda `@cuda.jit`, one thread per configuration.
+
+The thread runs `strategy.run_config` (an `njit(inline="always")` function that numba-cuda
+compiles for the GPU). The caller sorts configurations by signal row so a warp reads one
+bank row (a broadcast load per tick). On a real GPU the arrays are CuPy arrays (passed
+through `__cuda_array_interface__`); under the simulator (NUMBA_ENABLE_CUDASIM=1) they are
+numpy arrays. `from numba import cuda` must stay a module-level import (the simulator swaps
+the `cuda` global of the kernel's module).
+"""
+from __future__ import annotations
+
+from numba import cuda
+
+from gpu_engine.strategy import run_config
+
+THREADS_PER_BLOCK = 128
+
+
+def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
+                signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+                size_frac, max_qty, cooldown, fee_bps, latency, capital,
+                raw, bpnl, btr, bwin):
+    c = cuda.grid(1)
+    if c < signal.shape[0]:
+        run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
+                   signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+                   size_frac, max_qty, cooldown, fee_bps, latency, capital,
+                   raw, bpnl, btr, bwin)
+
+
+sweep_cuda_pyfunc = _sweep_cuda  # the plain function, for cuda.compile_ptx (tests/test_ptx.py)
+sweep_cuda = cuda.jit(_sweep_cuda)
+
+
+def launch(args: tuple, n: int) -> None:
+    """Run the kernel over n configurations (args in the sweep_cuda order) and wait."""
+    if n == 0:
+        return
+    blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+    sweep_cuda[blocks, THREADS_PER_BLOCK](*args)
+    cuda.synchronize()

@@ -1,0 +1,359 @@
+"""The trading rules v1 (docs/RULES.md), written once as scalar numba functions for both kernels.
+
+Every function here is `@numba.njit(inline="always")` plain scalar code (no cupy, no
+allocation, no exceptions): the CPU kernel (kernels/cpu.py, prange over configurations)
+and the CUDA kernel (kernels/cuda.py, one thread per configuration) both call
+`run_config`, and numba-cuda compiles it for the GPU (STACK.md: not `cuda.jit(device=True)`,
+which breaks compile_ptx without a GPU). State is returned as tuples unpacked into named
+variables.
+
+Book inputs prepared once per sweep by `kernels.prepare_book`:
+  ts int64 [T]; bid_px/ask_px float64 [T, L]; bid_sz/ask_sz float32 [T, L];
+  bid0/ask0 float64 [T]: level-0 price where finite and > 0, else NaN (entry decisions);
+  pbid/pask float64 [T]: the executable top price of RULES.md, i.e. the level-0 price
+  where finite and > 0, else the last such price at an earlier tick, NaN if none yet
+  (the kernel then falls back to the entry VWAP).
+
+Arithmetic follows the rules' text left to right (e.g. the mark is
+`equity + side * qty * (p - e) - entry_fee`, the take-profit test
+`side * (p - e) >= take_profit * 1e-4 * e`) so that an independent implementation of
+the same text gets the same bits.
+
+Outputs per configuration c: raw[c, :] (metrics.RAW layout) and bucket_pnl/
+bucket_trades/bucket_wins[c, :] by the bucket floor(t * B / T) of the exit fill tick.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+
+from gpu_engine.enums import (
+    ENTRY_PENDING,
+    EXIT_END,
+    EXIT_PENDING,
+    EXIT_SIGNAL,
+    EXIT_STOP,
+    EXIT_TAKE,
+    EXIT_TIME,
+    FLAT,
+    IN_POSITION,
+)
+from gpu_engine.metrics import (
+    NRAW,
+    R_EQUITY,
+    R_EXIT0,
+    R_FEES,
+    R_GROSS,
+    R_HELD_NS,
+    R_HELD_TICKS,
+    R_LOSSES,
+    R_MAXDD,
+    R_NET,
+    R_SUMLOSS,
+    R_SUMWIN,
+    R_TRADES,
+    R_WINS,
+)
+
+INF = math.inf
+BPS = 1e-4
+
+inline = numba.njit(inline="always")
+
+
+@inline
+def displayed(p, s):
+    """A level is displayed when its price and size are finite and > 0 (NaN fails every test)."""
+    return p > 0.0 and p < INF and s > 0.0 and s < INF
+
+
+@inline
+def entry_walk(px, sz, t, desired):
+    """Entry fill at tick t: take min(desired, total displayed) walking from level 0.
+
+    Returns (qty, vwap); qty == 0.0 when nothing is displayed (the entry is dropped).
+    """
+    L = px.shape[1]
+    total = 0.0
+    for l in range(L):
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            total += s
+    if not total > 0.0:
+        return 0.0, 0.0
+    q = min(desired, total)
+    rem = q
+    notional = 0.0
+    for l in range(L):
+        if rem <= 0.0:
+            break
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            take = min(rem, s)
+            notional += p * take
+            rem -= take
+    return q, notional / q
+
+
+@inline
+def exit_walk(px, sz, t, qty, sell):
+    """Exit fill at tick t for the whole qty: walk the displayed levels from level 0; what is
+    beyond the displayed depth fills at the worst displayed price (lowest bid for a sell,
+    highest ask for a buy). Returns (filled, vwap); filled is False when nothing is displayed.
+    """
+    L = px.shape[1]
+    rem = qty
+    notional = 0.0
+    worst = 0.0
+    seen = False
+    for l in range(L):
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            if not seen:
+                worst = p
+                seen = True
+            elif sell:
+                if p < worst:
+                    worst = p
+            else:
+                if p > worst:
+                    worst = p
+            if rem > 0.0:
+                take = min(rem, s)
+                notional += p * take
+                rem -= take
+    if not seen:
+        return False, 0.0
+    if rem > 0.0:
+        notional += rem * worst
+    return True, notional / qty
+
+
+@inline
+def top_price(pbid, pask, t, pos, e):
+    """Executable top price p for the open side at tick t (last seen, else the entry VWAP)."""
+    if pos > 0:
+        p = pbid[t]
+    else:
+        p = pask[t]
+    if p != p:
+        p = e
+    return p
+
+
+@inline
+def exit_reason(d, stop_thr, take_thr, held_ns, max_hold, s, pos, exit_thr):
+    """Rule 4 in order stop, take, time, signal; -1 when none holds.
+
+    d = side * (p - e); stop_thr = -stop_loss * bps * e; take_thr = take_profit * bps * e.
+    """
+    if d <= stop_thr:
+        return EXIT_STOP
+    if d >= take_thr:
+        return EXIT_TAKE
+    if held_ns >= max_hold:
+        return EXIT_TIME
+    if pos > 0:
+        if s <= -exit_thr:
+            return EXIT_SIGNAL
+    else:
+        if s >= exit_thr:
+            return EXIT_SIGNAL
+    return -1
+
+
+@inline
+def entry_side(s, r, side, entry, band, use_band):
+    """Rule 2: +1 long, -1 short, 0 none (s and r already float64; NaN compares false)."""
+    if side != -1 and s >= entry and (not use_band or r <= band):
+        return 1
+    if side != 1 and s <= -entry and (not use_band or r >= -band):
+        return -1
+    return 0
+
+
+@inline
+def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, held_ns, reason):
+    """Add one closed trade to the raw sums and to the bucket of its exit fill tick t."""
+    raw[c, R_TRADES] += 1.0
+    if pnl > 0.0:
+        raw[c, R_WINS] += 1.0
+        raw[c, R_SUMWIN] += pnl
+    elif pnl < 0.0:
+        raw[c, R_LOSSES] += 1.0
+        raw[c, R_SUMLOSS] += pnl
+    raw[c, R_NET] += pnl
+    raw[c, R_GROSS] += gross
+    raw[c, R_FEES] += fees
+    raw[c, R_HELD_TICKS] += held_ticks
+    raw[c, R_HELD_NS] += held_ns
+    raw[c, R_EXIT0 + reason] += 1.0
+    b = (t * B) // T
+    bpnl[c, b] += pnl
+    btr[c, b] += 1
+    if pnl > 0.0:
+        bwin[c, b] += 1
+
+
+@inline
+def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
+               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+               size_frac, max_qty, cooldown, fee_bps, latency, capital,
+               raw, bpnl, btr, bwin):
+    """Simulate configuration c over all ticks (RULES.md order of work) and write its outputs."""
+    T = ts.shape[0]
+    B = bpnl.shape[1]
+    srow = signal[c]
+    rrow = regime[c]
+    cfg_side = int(side[c])
+    ent = entry[c]
+    ex = exit_[c]
+    bd = band[c]
+    use_band = bd < INF
+    tp = take_profit[c]
+    sl = stop_loss[c]
+    mh = max_hold[c]
+    use_time = mh < INF
+    sf = size_frac[c]
+    mq = max_qty[c]
+    cd = cooldown[c]
+    fee = fee_bps[c] * BPS
+    lat = latency[c]
+    cap = capital[c]
+
+    for k in range(NRAW):
+        raw[c, k] = 0.0
+    for b in range(B):
+        bpnl[c, b] = 0.0
+        btr[c, b] = 0
+        bwin[c, b] = 0
+
+    equity = cap
+    peak = cap
+    trough = cap
+    max_dd = 0.0
+    state = FLAT
+    pos = 0
+    qty = 0.0
+    e = 0.0
+    efee = 0.0
+    etick = 0
+    ets = ts[0]
+    stop_thr = 0.0
+    take_thr = 0.0
+    desired = 0.0
+    reason = 0
+    target = ts[0]
+    next_entry = 0
+
+    for t in range(T):
+        if state == ENTRY_PENDING:
+            if ts[t] >= target:
+                if pos > 0:
+                    q, v = entry_walk(ask_px, ask_sz, t, desired)
+                else:
+                    q, v = entry_walk(bid_px, bid_sz, t, desired)
+                if q > 0.0:
+                    qty = q
+                    e = v
+                    efee = fee * e * qty
+                    etick = t
+                    ets = ts[t]
+                    stop_thr = -sl * BPS * e
+                    take_thr = tp * BPS * e
+                    state = IN_POSITION
+                else:
+                    state = FLAT
+                    pos = 0
+        elif state == EXIT_PENDING:
+            if ts[t] >= target:
+                if pos > 0:
+                    ok, v = exit_walk(bid_px, bid_sz, t, qty, True)
+                else:
+                    ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
+                if ok:
+                    gross = pos * qty * (v - e)
+                    xfee = fee * v * qty
+                    pnl = gross - efee - xfee
+                    equity = equity + pnl
+                    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
+                               float(t - etick), float(ts[t] - ets), reason)
+                    state = FLAT
+                    pos = 0
+                    next_entry = t + 1 + cd
+                    # the mark of a flat tick is the equity: only an exit fill moves it
+                    if equity > peak:
+                        peak = equity
+                        trough = equity
+                    elif equity < trough:
+                        trough = equity
+                        dd = (peak - equity) / peak
+                        if dd > max_dd:
+                            max_dd = dd
+        elif state == IN_POSITION:
+            p = top_price(pbid, pask, t, pos, e)
+            d = pos * (p - e)
+            held = 0.0
+            if use_time:
+                held = float(ts[t] - ets)
+            rsn = exit_reason(d, stop_thr, take_thr, held, mh, float(bank[srow, t]), pos, ex)
+            if rsn >= 0:
+                reason = rsn
+                state = EXIT_PENDING
+                target = ts[t] + lat
+        else:
+            if t >= next_entry and equity > 0.0:
+                s = float(bank[srow, t])
+                r = 0.0
+                if use_band:
+                    r = float(bank[rrow, t])
+                want = entry_side(s, r, cfg_side, ent, bd, use_band)
+                if want != 0:
+                    if want > 0:
+                        px = ask0[t]
+                    else:
+                        px = bid0[t]
+                    if px > 0.0 and px < INF:
+                        desired = min(sf * equity / px, mq)
+                        pos = want
+                        state = ENTRY_PENDING
+                        target = ts[t] + lat
+
+        if state == IN_POSITION or state == EXIT_PENDING:
+            p = top_price(pbid, pask, t, pos, e)
+            m = equity + pos * qty * (p - e) - efee
+            if m > peak:
+                peak = m
+                trough = m
+            elif m < trough:
+                trough = m
+                dd = (peak - m) / peak
+                if dd > max_dd:
+                    max_dd = dd
+
+    # after the last tick: a pending entry is dropped; a pending exit or an open position
+    # fills at T-1 by the exit walk (at the last seen price when nothing is displayed);
+    # the marks of tick T-1 are not recomputed.
+    if state == IN_POSITION or state == EXIT_PENDING:
+        t = T - 1
+        if state == IN_POSITION:
+            reason = EXIT_END
+        if pos > 0:
+            ok, v = exit_walk(bid_px, bid_sz, t, qty, True)
+        else:
+            ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
+        if not ok:
+            v = top_price(pbid, pask, t, pos, e)
+        gross = pos * qty * (v - e)
+        xfee = fee * v * qty
+        pnl = gross - efee - xfee
+        equity = equity + pnl
+        book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
+                   float(t - etick), float(ts[t] - ets), reason)
+
+    raw[c, R_MAXDD] = max_dd
+    raw[c, R_EQUITY] = equity
