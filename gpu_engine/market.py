@@ -111,7 +111,7 @@ def align_blocks(ts_ns: np.ndarray, blocks: np.ndarray) -> np.ndarray:
 
 def align_trades(ts_ns: np.ndarray, trade_ts: np.ndarray) -> np.ndarray:
     """Tick of each trade: the first tick with ts >= the trade's ts (T when after the last tick)."""
-    return np.searchsorted(np.asarray(ts_ns, np.int64), np.asarray(trade_ts, np.int64), side="left") - 1
+    return np.searchsorted(np.asarray(ts_ns, np.int64), np.asarray(trade_ts, np.int64), side="left")
 
 
 @dataclass
