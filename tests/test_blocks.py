@@ -180,6 +180,23 @@ def test_real_prices_interpolated_and_joined(tmp_path):
     assert meta["price"]["real"]["blocks"] == int(real.sum())
 
 
+def test_price_gap_is_synthetic_and_joined_at_both_ends(tmp_path):
+    a = _yahoo(tmp_path / "a.csv", start="2014-09-17", days=20, p0=400.0, step=1.0)
+    b = _yahoo(tmp_path / "b.csv", start="2014-11-01", days=20, p0=300.0, step=1.0)  # 25-day gap
+    arr, meta = B.build(until="2014-12-31", prices=[a, b], seed=5)
+    t, src, px = arr["time"], arr["price_source"], arr["price"]
+    gap_lo = np.datetime64("2014-10-07").astype("datetime64[s]").astype(np.int64)  # stamp of the 20th close
+    gap_hi = np.datetime64("2014-11-02").astype("datetime64[s]").astype(np.int64)  # stamp of b's first close
+    inside = (t > gap_lo) & (t < gap_hi)
+    assert inside.sum() > 3000 and (src[inside] == 0).all()
+    np.testing.assert_allclose(px[(t <= gap_lo) & (src == 1) & (t > gap_lo - 5 * 86400)], 400.0)
+    np.testing.assert_allclose(px[(t >= gap_hi) & (src == 1) & (t < gap_hi + 5 * 86400)], 300.0)
+    idx = np.nonzero(inside)[0]
+    assert px[idx[0]] == pytest.approx(400.0, rel=0.01)  # continuous where the real prices stop ...
+    assert px[idx[-1]] == pytest.approx(300.0, rel=0.01)  # ... and where they resume
+    assert len(meta["price"]["real"]["stretches"]) == 2
+
+
 def test_synthetic_deterministic_per_seed_and_prefix_stable():
     a, _ = B.build(n_blocks=200_000, seed=7)
     b, _ = B.build(n_blocks=200_000, seed=7)

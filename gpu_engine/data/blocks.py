@@ -38,7 +38,6 @@ Length: `n_blocks` rows; or every block with time before the end of the UTC day 
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import hashlib
 import json

@@ -16,7 +16,9 @@ The map is piecewise linear in height between anchors (height, unix time):
   constant beyond the outer ones) and added to the counted heights. A run of zero-count
   days keeps its first and last boundary, so a multi-day gap (2009-01-03 -> 2009-01-09)
   stays a gap. A count span that does not start at genesis takes its height offset from
-  the anchor map at its first day;
+  the anchor map at its first day (then reconciled as above if an exact anchor lies inside
+  it; a short span with no exact anchor inherits the anchor map's error at its start);
+  where several count files cover a day, the first file given wins;
 * past the last anchor: extrapolated at the mean spacing between the last anchor and the
   latest anchor at least 50,000 blocks before it ("recent mean spacing").
 

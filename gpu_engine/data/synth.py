@@ -124,7 +124,7 @@ def _new_run(start_ns: int, seed: int, price: float, params: SynthParams) -> _Ru
         np.add.at(sz, idx, lots.astype(np.int64))
         np.add.at(cnt, idx, 1)
         nt = 20
-        dt_ = rng.geometric(params.touch_geom_p, nt)
+        dt_ = np.where(rng.random(nt) < params.touch_d1_p, 1, 1 + rng.geometric(params.touch_geom_p, nt))
         lots = np.maximum(minl, np.rint(np.exp(p[E.P_TL_LN_MU] + p[E.P_TL_LN_SIG] * rng.standard_normal(nt))))
         idx = ref + sign * dt_
         np.add.at(sz, idx, lots.astype(np.int64))

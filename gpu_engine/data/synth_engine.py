@@ -9,10 +9,12 @@ so a seed gives one bit-identical stream however the run is chunked).
 
 Event types (per side unless noted):
   market buy / sell      bivariate Hawkes, two exponential kernels (fast, slow), self + cross
-  touch limit            near the opposite best (d = 1 + geometric ticks), market-maker sizes
-  deep limit             uniform in distance 1..d_max from the opposite best (Santa Fe)
+  touch limit            at the opposite best - 1 tick, or a geometric distance behind it
+  gap refill             while the spread is > 1 tick: a limit order 1 tick from the other side
+  deep limit             uniform in distance 1..d_max from the opposite best (Santa Fe),
+                         plus a near component at distance 1 + Exp(d_near)
   deep cancel            rate delta per resting order, order chosen uniformly (Fenwick)
-  touch cancel           one order pulled from the best level; excited by market orders
+  level pull             the whole best level cancelled (a quote moved); excited by market orders
 """
 from __future__ import annotations
 
@@ -52,7 +54,15 @@ P_META_MIN = 28      # minimum meta-order duration, s
 P_TC_BIAS = 29       # how much the imbalance also tilts touch cancels
 P_SAMPLE_S = 30      # row interval, s
 P_DEPTH = 31
-P_N = 32
+P_FILL_GEOM = 32     # maker orders filled at a level that is not emptied: Geometric(p), capped
+P_FILL_SIG = 33      # lognormal sigma of the weights splitting a fill over maker orders
+P_FAIR_ACT = 34      # 1: fair-value steps scale with sqrt(market-order activity / its mean)
+P_MO_MEAN = 35       # stationary market-order rate per side (for the activity ratio)
+P_TOUCH_D1 = 36      # P(touch limit exactly 1 tick from the opposite best)
+P_LAM_GAP = 37       # per side, while the spread is wider than one tick (queue-reactive refill)
+P_LAM_NEAR = 38      # per side, distance 1 + Exp(d_near) ticks from the opposite best
+P_D_NEAR = 39
+P_N = 40
 
 # ---- float state indices ----
 F_T = 0              # current time, s since start
@@ -267,11 +277,29 @@ def _emit_row(row, ts_ns, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, dept
 
 
 @njit(cache=True)
-def _market(side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
-            tr_ts, tr_px, tr_qty, tr_side, ntr, tr_cap, record):
-    """Execute a market order of `lots` against the opposite side; one trade per maker order."""
+def _remove_level(sz, cnt, tree, i):
+    """Remove a whole level (a market maker pulling its quote); returns the orders removed."""
+    n = cnt[i]
+    if n > 0:
+        _fw_add(tree, i, -n)
+    cnt[i] = 0
+    sz[i] = 0
+    return n
+
+
+@njit(cache=True)
+def _market(rng, p, side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
+            tr_ts, tr_px, tr_qty, tr_side, ntr, tr_cap, record, wbuf):
+    """Execute a market order of `lots` against the opposite side, best level first.
+
+    At each level the filled quantity is split over m maker orders (m = all of the level's
+    orders when it is emptied, else min(orders, Geometric)), with lognormal weights, one trade
+    per maker fill: Binance reports one trade per maker order.
+    """
     base = ist[I_BASE]
     remaining = lots
+    g = p[P_FILL_GEOM]
+    fsig = p[P_FILL_SIG]
     while remaining > 0:
         if side > 0:
             i = ist[I_BA]
@@ -288,42 +316,60 @@ def _market(side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
             cnt = bcnt
             tree = btree
         n = cnt[i]
-        avg = sz[i] // n
-        if avg < 1:
-            avg = 1
-        # fill maker orders front to back, each of the level's average size
-        while remaining > 0 and cnt[i] > 0:
-            if cnt[i] == 1:
-                maker = sz[i]
+        level = sz[i]
+        take = level if level < remaining else remaining
+        if take == level:
+            m = n
+            removed = n
+        else:
+            m = 1
+            while m < n and rng.random() > g:
+                m += 1
+            removed = m - 1
+        if m > wbuf.shape[0]:
+            m = wbuf.shape[0]
+        if m > take:
+            m = take
+        # split `take` lots into m fills >= 1 lot with lognormal weights
+        tot = 0.0
+        for j in range(m):
+            wbuf[j] = np.exp(fsig * rng.standard_normal())
+            tot += wbuf[j]
+        prev = 0
+        acc = 0.0
+        for j in range(m):
+            acc += wbuf[j]
+            if j == m - 1:
+                cut = take
             else:
-                maker = avg
-            take = maker if maker < remaining else remaining
+                cut = np.int64(take * acc / tot + 0.5)
+                if cut < prev + 1:
+                    cut = prev + 1
+                if cut > take - (m - 1 - j):
+                    cut = take - (m - 1 - j)
+            q = cut - prev
+            prev = cut
             if ntr < tr_cap:
                 tr_ts[ntr] = t_ns
                 tr_px[ntr] = base + i
-                tr_qty[ntr] = take
+                tr_qty[ntr] = q
                 tr_side[ntr] = side
                 ntr += 1
             elif record:
                 ist[I_DROPPED] += 1
-            remaining -= take
-            sz[i] -= take
-            if take == maker:
-                cnt[i] -= 1
-                _fw_add(tree, i, -1)
-                if side > 0:
-                    ist[I_NA] -= 1
-                else:
-                    ist[I_NB] -= 1
-        if cnt[i] == 0 or sz[i] <= 0:
-            if cnt[i] > 0:
-                _fw_add(tree, i, -cnt[i])
-                if side > 0:
-                    ist[I_NA] -= cnt[i]
-                else:
-                    ist[I_NB] -= cnt[i]
-                cnt[i] = 0
+        remaining -= take
+        sz[i] -= take
+        if sz[i] <= 0:
+            removed = n
             sz[i] = 0
+        if removed > 0:
+            cnt[i] -= removed
+            _fw_add(tree, i, -removed)
+            if side > 0:
+                ist[I_NA] -= removed
+            else:
+                ist[I_NB] -= removed
+        if cnt[i] == 0:
             if side > 0:
                 ist[I_BA] = _best_ask(atree, logn)
             else:
@@ -351,6 +397,7 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
     nrow = 0
     ntr = 0
     minl = p[P_MIN_LOTS]
+    wbuf = np.empty(64, np.float64)
     bf = p[P_BETA_F]
     bs = p[P_BETA_S]
     t = fst[F_T]
@@ -370,13 +417,16 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
         lam_s = p[P_MU_MO] * (1.0 - a) + p[P_A_SELF_F] * ys_f + p[P_A_CROSS_F] * yb_f \
             + p[P_A_SELF_S] * ys_s + p[P_A_CROSS_S] * yb_s
         lam_tl = p[P_LAM_TOUCH] + p[P_A_TOUCH] * (yb_f + ys_f)
-        lam_dl = p[P_LAM_DEEP]
+        lam_dl = p[P_LAM_DEEP] + p[P_LAM_NEAR]
+        wide = 1.0 if (ist[I_BB] >= 0 and ist[I_BA] < W and ist[I_BA] - ist[I_BB] > 1) else 0.0
+        g_b = p[P_LAM_GAP] * (1.0 + a) * wide
+        g_a = p[P_LAM_GAP] * (1.0 - a) * wide
         lam_dcb = p[P_DELTA] * ist[I_NB]
         lam_dca = p[P_DELTA] * ist[I_NA]
         tb = p[P_TC_BIAS] * a
         lam_tca = p[P_LAM_TC] * (1.0 + tb) + p[P_A_TC] * yb_f   # buys make ask makers pull
         lam_tcb = p[P_LAM_TC] * (1.0 - tb) + p[P_A_TC] * ys_f
-        lam_tot = lam_b + lam_s + 2.0 * lam_tl + 2.0 * lam_dl + lam_dcb + lam_dca + lam_tca + lam_tcb
+        lam_tot = lam_b + lam_s + 2.0 * lam_tl + 2.0 * lam_dl + g_b + g_a + lam_dcb + lam_dca + lam_tca + lam_tcb
         dt = rng.exponential() / lam_tot
         t_b = (ist[I_K] + 1) * dts
         if t + dt >= t_b:
@@ -390,7 +440,11 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
             fst[F_YSS] *= es
             t = t_b
             ist[I_K] += 1
-            fst[F_FAIR] += p[P_SIG_F] * np.sqrt(dts) * rng.standard_normal()
+            act = 1.0
+            if p[P_FAIR_ACT] > 0:
+                act = (2.0 * p[P_MU_MO] + (p[P_A_SELF_F] + p[P_A_CROSS_F]) * (fst[F_YBF] + fst[F_YSF])
+                       + (p[P_A_SELF_S] + p[P_A_CROSS_S]) * (fst[F_YBS] + fst[F_YSS])) / (2.0 * p[P_MO_MEAN])
+            fst[F_FAIR] += p[P_SIG_F] * np.sqrt(dts * act) * rng.standard_normal()
             if t >= fst[F_META_END]:
                 fst[F_META_SIGN] = 1.0 if rng.random() < 0.5 else -1.0
                 u = 1.0 - rng.random()
@@ -430,8 +484,8 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
         if u < n_b + n_s:
             side = 1 if u < n_b else -1
             lots = _lognormal_lots(rng, p[P_MO_LN_MU], p[P_MO_LN_SIG], minl, p[P_MO_MAX])
-            ntr = _market(side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
-                          tr_ts, tr_px, tr_qty, tr_side, ntr, tr_cap if record else 0, record)
+            ntr = _market(rng, p, side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
+                          tr_ts, tr_px, tr_qty, tr_side, ntr, tr_cap if record else 0, record, wbuf)
             if side > 0:
                 fst[F_YBF] += 1.0
                 fst[F_YBS] += 1.0
@@ -441,21 +495,33 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
             applied = True
         else:
             u -= n_b + n_s
-            if u < 2.0 * (n_tl + lam_dl):
-                # limit order: side, touch or deep
-                if u < n_tl + lam_dl:
+            if u < 2.0 * (n_tl + lam_dl) + g_b + g_a:
+                # limit order: side, then touch / gap-fill / deep
+                if u < n_tl + lam_dl + g_b:
                     side = 1  # bid
+                    gs = g_b
                 else:
                     side = -1
-                    u -= n_tl + lam_dl
-                if u < n_tl:
+                    u -= n_tl + lam_dl + g_b
+                    gs = g_a
+                if u < gs:
+                    d = 1  # the spread is wider than a tick: a maker re-quotes next to the other side
+                    lots = _lognormal_lots(rng, p[P_TL_LN_MU], p[P_TL_LN_SIG], minl, 1e12)
+                elif u < gs + n_tl:
                     d = 1
-                    g = p[P_TOUCH_GEOM]
-                    while rng.random() > g and d < 64:
-                        d += 1
+                    if rng.random() > p[P_TOUCH_D1]:
+                        d = 2
+                        g = p[P_TOUCH_GEOM]
+                        while rng.random() > g and d < 4096:
+                            d += 1
                     lots = _lognormal_lots(rng, p[P_TL_LN_MU], p[P_TL_LN_SIG], minl, 1e12)
                 else:
-                    d = 1 + np.int64(rng.random() * p[P_D_MAX])
+                    if rng.random() * lam_dl < p[P_LAM_NEAR]:
+                        d = 1 + np.int64(rng.exponential() * p[P_D_NEAR])
+                        if d > p[P_D_MAX]:
+                            d = np.int64(p[P_D_MAX])
+                    else:
+                        d = 1 + np.int64(rng.random() * p[P_D_MAX])
                     lots = _lognormal_lots(rng, p[P_DL_LN_MU], p[P_DL_LN_SIG], minl, 1e12)
                 if side > 0:
                     ref = ist[I_BA]
@@ -480,7 +546,7 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                             ist[I_BA] = i
                         applied = True
             else:
-                u -= 2.0 * (n_tl + lam_dl)
+                u -= 2.0 * (n_tl + lam_dl) + g_b + g_a
                 if u < lam_dcb + lam_dca:
                     # deep cancel: a uniformly chosen resting order of that side
                     if u < lam_dcb:
@@ -505,19 +571,15 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                     u -= lam_dcb + lam_dca
                     if u < n_tca:
                         i = ist[I_BA]
-                        if i < W and ist[I_NA] > 1:
-                            _remove_one_order(asz, acnt, atree, i)
-                            ist[I_NA] = _fw_prefix(atree, W - 1)
-                            if acnt[i] == 0:
-                                ist[I_BA] = _best_ask(atree, logn)
+                        if i < W and ist[I_NA] > acnt[i]:
+                            ist[I_NA] -= _remove_level(asz, acnt, atree, i)
+                            ist[I_BA] = _best_ask(atree, logn)
                             applied = True
                     elif u < n_tca + n_tcb:
                         i = ist[I_BB]
-                        if i >= 0 and ist[I_NB] > 1:
-                            _remove_one_order(bsz, bcnt, btree, i)
-                            ist[I_NB] = _fw_prefix(btree, W - 1)
-                            if bcnt[i] == 0:
-                                ist[I_BB] = _best_bid(btree, ist, logn)
+                        if i >= 0 and ist[I_NB] > bcnt[i]:
+                            ist[I_NB] -= _remove_level(bsz, bcnt, btree, i)
+                            ist[I_BB] = _best_bid(btree, ist, logn)
                             applied = True
                     # else: rejected candidate (thinning)
         if applied:

@@ -39,19 +39,27 @@ class SynthParams:
     # limit orders
     lam_touch: float = 20.0            # per side, near the opposite best
     alpha_touch: float = 2.0           # touch-limit intensity jump per market order (fast kernel)
-    touch_geom_p: float = 0.7          # distance d = 1 + Geometric(p) - 1 ticks from the opposite best
+    touch_d1_p: float = 0.9            # P(d = 1): the order sets or joins a one-tick spread
+    touch_geom_p: float = 0.3          # otherwise d = 1 + Geometric(p) ticks from the opposite best
     touch_size_median: float = 0.05
     touch_size_sigma: float = 1.5
+    lam_gap: float = 100.0             # per side while the spread is > 1 tick (tilted by imbalance a)
     lam_deep: float = 20.0             # per side, uniform in 1..d_max ticks from the opposite best
     d_max: int = 30000
+    lam_near: float = 10.0             # per side, 1 + Exp(d_near) ticks from the opposite best
+    d_near: float = 400.0
     deep_size_median: float = 0.002
     deep_size_sigma: float = 2.3
     # cancels
     delta: float = 0.01                # per resting order, 1/s (Santa Fe)
-    lam_touch_cancel: float = 15.0     # per side, one order pulled at the best
+    lam_touch_cancel: float = 2.0      # per side: the whole best level pulled (a quote moved)
     alpha_touch_cancel: float = 3.0    # jump per market order hitting that side (fast kernel)
+    # trades: one per maker order filled
+    fill_geom_p: float = 0.4           # maker orders filled at a level left standing: Geometric(p)
+    fill_sigma: float = 1.5            # lognormal weights splitting a fill over its maker orders
     # latent fair value and meta-orders (order-flow imbalance a in [-0.95, 0.95])
     fair_sigma: float = 300.0          # ticks / sqrt(s), random walk
+    fair_activity: int = 1             # 1: steps scale with sqrt(market-order intensity / its mean)
     fair_pull: float = 0.6             # a += fair_pull * tanh((fair - mid) / fair_scale)
     fair_scale: float = 1000.0         # ticks
     meta_weight: float = 0.3           # a += meta_weight * meta_sign
@@ -79,15 +87,16 @@ class SynthParams:
                 raise InputError(f"synth parameter {f.name!r}: {v!r} is negative")
         positive = ("tick_size", "lot_size", "depth", "sample_ms", "beta_fast", "beta_slow",
                     "mo_size_median", "mo_size_max", "touch_size_median", "deep_size_median",
-                    "touch_geom_p", "d_max", "fair_scale", "meta_alpha", "meta_min_s", "mu_mo")
+                    "touch_geom_p", "fill_geom_p", "d_max", "d_near", "fair_scale", "meta_alpha", "meta_min_s", "mu_mo")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"synth parameter {name!r}: must be > 0")
         inv = 1.0 / self.tick_size
         if abs(inv - round(inv)) > 1e-9:
             raise InputError(f"synth parameter 'tick_size': 1/tick_size must be an integer, got {self.tick_size}")
-        if self.touch_geom_p > 1:
-            raise InputError("synth parameter 'touch_geom_p': must be <= 1")
+        for name in ("touch_geom_p", "touch_d1_p", "fill_geom_p"):
+            if getattr(self, name) > 1:
+                raise InputError(f"synth parameter {name!r}: a probability, must be <= 1")
         n = self.branching_ratio()
         if not n < 1:
             raise InputError(f"synth parameters: Hawkes branching ratio {n:.3f} must be < 1")
@@ -139,6 +148,14 @@ class SynthParams:
         p[E.P_TC_BIAS] = self.touch_cancel_bias
         p[E.P_SAMPLE_S] = self.sample_ms / 1000.0
         p[E.P_DEPTH] = self.depth
+        p[E.P_FILL_GEOM] = self.fill_geom_p
+        p[E.P_FILL_SIG] = self.fill_sigma
+        p[E.P_FAIR_ACT] = self.fair_activity
+        p[E.P_MO_MEAN] = self.mean_mo_rate() / 2.0
+        p[E.P_TOUCH_D1] = self.touch_d1_p
+        p[E.P_LAM_GAP] = self.lam_gap
+        p[E.P_LAM_NEAR] = self.lam_near
+        p[E.P_D_NEAR] = self.d_near
         return p
 
     def to_dict(self) -> dict:
