@@ -68,9 +68,13 @@ def anchor_price(start_ns: int, blocks_path=None) -> tuple[float, dict]:
         table = B.load(DEFAULT_BLOCKS)
         origin = DEFAULT_BLOCKS
     else:
-        table, _meta = B.build(until=unix)
+        day = dt.datetime.fromtimestamp(unix, dt.timezone.utc).date().isoformat()
+        table, _meta = B.build(until=day)
         origin = "gpu_engine.data.blocks.build(until=start) in memory"
-    row = B.block_at(table, unix)
+    try:
+        row = B.block_at(table, unix)
+    except ValueError as exc:
+        raise InputError(f"{origin}: no block at the synth start time: {exc}") from None
     price = float(row["price"])
     if not (math.isfinite(price) and price > 0):
         raise InputError(f"{origin}: block {int(row['height'])} has no usable price ({price!r})")
@@ -96,10 +100,16 @@ class _Run:
     t_rec: float      # simulation time of the recorded start
 
 
+def _check_args(hours, seed) -> None:
+    if isinstance(hours, bool) or not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
+        raise InputError(f"synth --hours: {hours!r} must be a positive number")
+    if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise InputError(f"synth --seed: {seed!r} must be a non-negative integer")
+
+
 def _new_run(start_ns: int, seed: int, price: float, params: SynthParams) -> _Run:
     params.validate()
-    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-        raise InputError(f"synth --seed: {seed!r} must be a non-negative integer")
+    _check_args(1.0, seed)
     if not (math.isfinite(price) and price > 0):
         raise InputError(f"synth: anchor price {price!r} must be a positive number")
     W = params.window_ticks
@@ -166,8 +176,7 @@ def iter_chunks(start_ns: int, hours: float, seed: int, price: float, params: Sy
     rows: ts int64 ns, seq int64, bid_px/ask_px float64 [n, L], bid_sz/ask_sz float32 [n, L];
     trades: ts int64 ns, px float64, qty float64, side int8.
     """
-    if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
-        raise InputError(f"synth --hours: {hours!r} must be a positive number")
+    _check_args(hours, seed)
     if chunk_rows < 1:
         raise InputError("synth: chunk_rows must be >= 1")
     run = _new_run(start_ns, seed, price, params)
@@ -179,6 +188,10 @@ def iter_chunks(start_ns: int, hours: float, seed: int, price: float, params: Sy
     tbufs = (np.zeros(tcap, np.int64), np.zeros(tcap, np.int64), np.zeros(tcap, np.int64),
              np.zeros(tcap, np.int8))
     _advance(run, run.t_rec, False, bufs + tbufs)
+    # re-anchor after the warm-up: shift the whole book (whole ticks) so the mid is the anchor price
+    shift = int(round(price * params.ticks_per_unit() - E._mid_ticks(run.ist, params.window_ticks)))
+    run.ist[E.I_BASE] += shift
+    run.fst[E.F_FAIR] += shift
     dts = params.sample_ms / 1000.0
     n_steps = int(round(hours * 3600.0 / dts))
     t_end = run.t_rec + n_steps * dts
@@ -208,7 +221,8 @@ def store_attrs(start_ns: int, hours: float, seed: int, price: float, params: Sy
         "depth": params.depth,
         "tick_size": params.tick_size,
         "lot_size": params.lot_size,
-        "source": {
+        # a list of one entry, like the importers' list of source files
+        "source": [{
             "generator": GENERATOR,
             "seed": int(seed),
             "start": dt.datetime.fromtimestamp(start_ns / 1e9, dt.timezone.utc).isoformat(),
@@ -216,7 +230,7 @@ def store_attrs(start_ns: int, hours: float, seed: int, price: float, params: Sy
             "anchor_price": float(price),
             "anchor": anchor or {"price": float(price), "blocks": None},
             "parameters": params.to_dict(),
-        },
+        }],
         "gaps": [],
     }
 
@@ -245,9 +259,13 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
     from gpu_engine.data.books import BookStoreWriter
 
     start_ns = parse_start(start)
+    _check_args(hours, seed)
+    params.validate()
     anchor = None
     if price is None:
         price, anchor = anchor_price(start_ns, blocks)
+    if not (isinstance(price, (int, float)) and math.isfinite(price) and price > 0):
+        raise InputError(f"synth: anchor price {price!r} must be a positive number")
     attrs = store_attrs(start_ns, hours, seed, price, params, anchor)
     total_s = hours * 3600.0
     bar = None
@@ -256,7 +274,6 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
         bar = tqdm(total=round(total_s), unit="sim s", desc="synth", leave=False)
     n_rows = n_trades = 0
     first = last = None
-    t_prev = start_ns
     with BookStoreWriter(Path(path), params.depth, attrs, chunk_rows=chunk_rows) as w:
         for rows, tr in iter_chunks(start_ns, hours, seed, price, params, chunk_rows):
             if len(rows["ts"]):
@@ -266,13 +283,13 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
                 last = (float(rows["bid_px"][-1, 0]), float(rows["ask_px"][-1, 0]))
                 n_rows += len(rows["ts"])
                 if bar is not None:
-                    t_now = int(rows["ts"][-1])
-                    bar.update(round((t_now - t_prev) / 1e9))
-                    t_prev = t_now - (t_now - t_prev) % 1_000_000_000
+                    done = min(bar.total, int((int(rows["ts"][-1]) - start_ns) // 1_000_000_000))
+                    bar.update(done - bar.n)
             if len(tr["ts"]):
                 w.append_trades(tr["ts"], tr["px"], tr["qty"], tr["side"])
                 n_trades += len(tr["ts"])
     if bar is not None:
+        bar.update(bar.total - bar.n)
         bar.close()
     return {"path": str(path), "rows": n_rows, "trades": n_trades, "price": price,
             "first_mid": None if first is None else sum(first) / 2,
@@ -280,12 +297,16 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
 
 
 def ensure_default(path=DEFAULT_OUT, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0,
-                   blocks=None, progress: bool = False) -> Path:
-    """Generate the default synthetic store when `path` does not exist yet; return its path."""
+                   blocks=None, price: float | None = None, progress: bool = False) -> Path:
+    """Generate the default synthetic store when `path` does not exist yet; return its path.
+
+    Defaults: 6 h from 2024-08-08T00:00 UTC, seed 0, anchored at the block dataset's price
+    (data/blocks.npy when present, else built in memory); about 3 s on one core.
+    """
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(path, start=start, hours=hours, seed=seed, blocks=blocks, progress=progress)
+        write(path, start=start, hours=hours, seed=seed, price=price, blocks=blocks, progress=progress)
     return path
 
 
@@ -307,8 +328,6 @@ def add_cli(subparsers) -> None:
 def _cli(args) -> int:
     import time
 
-    if args.seed < 0:
-        raise InputError(f"synth --seed: {args.seed} must be >= 0")
     t = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

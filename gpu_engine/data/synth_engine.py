@@ -15,6 +15,8 @@ Event types (per side unless noted):
                          plus a near component at distance 1 + Exp(d_near)
   deep cancel            rate delta per resting order, order chosen uniformly (Fenwick)
   level pull             the whole best level cancelled (a quote moved); excited by market orders
+  near thinning          every sample step, orders within near_range of the best (best level
+                         excluded) cancel at rate delta_near: little stale liquidity near the touch
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ P_L_F = 25           # fair-value distance scale, ticks
 P_W_META = 26        # meta-order weight on imbalance
 P_META_ALPHA = 27    # Pareto tail index of meta-order durations
 P_META_MIN = 28      # minimum meta-order duration, s
-P_TC_BIAS = 29       # how much the imbalance also tilts touch cancels
+P_TC_BIAS = 29       # level pulls: ask side x exp(k z), bid side x exp(-k z), z = (fair - mid) / L
 P_SAMPLE_S = 30      # row interval, s
 P_DEPTH = 31
 P_FILL_GEOM = 32     # maker orders filled at a level that is not emptied: Geometric(p), capped
@@ -62,7 +64,17 @@ P_TOUCH_D1 = 36      # P(touch limit exactly 1 tick from the opposite best)
 P_LAM_GAP = 37       # per side, while the spread is wider than one tick (queue-reactive refill)
 P_LAM_NEAR = 38      # per side, distance 1 + Exp(d_near) ticks from the opposite best
 P_D_NEAR = 39
-P_N = 40
+P_MOVE = 40          # P(a gap refill moves the side's best level rather than adding an order)
+P_DELTA_NEAR = 41    # extra cancel rate per order within near_range ticks of the best (not at it)
+P_NEAR_RANGE = 42
+P_GAP_TILT = 43      # gap refills: bid share (1 + tanh(k z)) / 2
+P_A_PULL = 44        # pull self-excitation: intensity jump per pull on the same side
+P_BETA_PULL = 45     # its decay, 1/s
+P_VOL_TAU = 46       # log-volatility OU time scale, s
+P_VOL_SD = 47        # its stationary standard deviation
+P_KYLE = 48          # permanent impact: a market order moves the fair value by side * k * sqrt(q / median)
+P_KYLE_CAP = 49      # cap on sqrt(q / median)
+P_N = 50
 
 # ---- float state indices ----
 F_T = 0              # current time, s since start
@@ -73,7 +85,10 @@ F_YSS = 4            # slow kernel, sells
 F_FAIR = 5           # latent fair value, ticks (absolute)
 F_META_END = 6       # end time of the current meta-order
 F_META_SIGN = 7
-F_N = 8
+F_YPA = 8            # pull kernel state from ask-side pulls (quote-move cascades)
+F_YPB = 9
+F_LOGVOL = 10        # slow log-volatility factor of the fair value (OU)
+F_N = 11
 
 # ---- int state indices ----
 I_BASE = 0           # absolute tick of array index 0
@@ -378,6 +393,62 @@ def _market(rng, p, side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn
 
 
 @njit(cache=True)
+def _thin_near(rng, pc, rng_ticks, sz, cnt, tree, ist, W, logn, bid_side):
+    """Cancel each resting order within `rng_ticks` of the best (best level excluded) with
+    probability pc: market makers keep little stale liquidity near the touch. Returns levels changed."""
+    changed = 0
+    if bid_side:
+        b = ist[I_BB]
+        if b < 0:
+            return 0
+        c = _fw_prefix(tree, b) - cnt[b]
+        while c > 0:
+            i = _fw_kth(tree, c, logn)
+            if b - i > rng_ticks:
+                break
+            c -= cnt[i]
+            r = 0
+            for _ in range(cnt[i]):
+                if rng.random() < pc:
+                    r += 1
+            if r > 0:
+                changed += 1
+                if r >= cnt[i]:
+                    ist[I_NB] -= _remove_level(sz, cnt, tree, i)
+                else:
+                    sz[i] -= (sz[i] // cnt[i]) * r
+                    cnt[i] -= r
+                    _fw_add(tree, i, -r)
+                    ist[I_NB] -= r
+    else:
+        b = ist[I_BA]
+        if b >= W:
+            return 0
+        c = _fw_prefix(tree, b)
+        total = _fw_prefix(tree, W - 1)
+        while c < total:
+            i = _fw_kth(tree, c + 1, logn)
+            if i - b > rng_ticks:
+                break
+            r = 0
+            for _ in range(cnt[i]):
+                if rng.random() < pc:
+                    r += 1
+            if r > 0:
+                changed += 1
+                total -= min(r, cnt[i])
+                if r >= cnt[i]:
+                    ist[I_NA] -= _remove_level(sz, cnt, tree, i)
+                else:
+                    sz[i] -= (sz[i] // cnt[i]) * r
+                    cnt[i] -= r
+                    _fw_add(tree, i, -r)
+                    ist[I_NA] -= r
+            c += cnt[i]
+    return changed
+
+
+@njit(cache=True)
 def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_stop, record, tr_guard,
              o_ts, o_seq, o_bpx, o_apx, o_bsz, o_asz, tr_ts, tr_px, tr_qty, tr_side):
     """Advance the simulation until `t_stop` (s) or until an output buffer is full.
@@ -403,7 +474,12 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
     t = fst[F_T]
     while True:
         # event rates at t (Hawkes parts decay until the next event: an upper bound)
-        a = p[P_K_F] * np.tanh((fst[F_FAIR] - _mid_ticks(ist, W)) / p[P_L_F]) + p[P_W_META] * fst[F_META_SIGN]
+        z = (fst[F_FAIR] - _mid_ticks(ist, W)) / p[P_L_F]
+        if z > 3.0:
+            z = 3.0
+        if z < -3.0:
+            z = -3.0
+        a = p[P_K_F] * np.tanh(z) + p[P_W_META] * fst[F_META_SIGN]
         if a > 0.95:
             a = 0.95
         if a < -0.95:
@@ -419,13 +495,15 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
         lam_tl = p[P_LAM_TOUCH] + p[P_A_TOUCH] * (yb_f + ys_f)
         lam_dl = p[P_LAM_DEEP] + p[P_LAM_NEAR]
         wide = 1.0 if (ist[I_BB] >= 0 and ist[I_BA] < W and ist[I_BA] - ist[I_BB] > 1) else 0.0
-        g_b = p[P_LAM_GAP] * (1.0 + a) * wide
-        g_a = p[P_LAM_GAP] * (1.0 - a) * wide
+        gt = np.tanh(p[P_GAP_TILT] * z)
+        g_b = p[P_LAM_GAP] * (1.0 + gt) * wide
+        g_a = p[P_LAM_GAP] * (1.0 - gt) * wide
         lam_dcb = p[P_DELTA] * ist[I_NB]
         lam_dca = p[P_DELTA] * ist[I_NA]
-        tb = p[P_TC_BIAS] * a
-        lam_tca = p[P_LAM_TC] * (1.0 + tb) + p[P_A_TC] * yb_f   # buys make ask makers pull
-        lam_tcb = p[P_LAM_TC] * (1.0 - tb) + p[P_A_TC] * ys_f
+        tb = np.exp(p[P_TC_BIAS] * z)
+        tight = 1.0 - wide if (ist[I_BB] >= 0 and ist[I_BA] < W) else 0.0  # pulls only at a 1-tick spread
+        lam_tca = (p[P_LAM_TC] * tb + p[P_A_TC] * yb_f + p[P_A_PULL] * fst[F_YPA]) * tight  # buys make ask makers pull
+        lam_tcb = (p[P_LAM_TC] / tb + p[P_A_TC] * ys_f + p[P_A_PULL] * fst[F_YPB]) * tight
         lam_tot = lam_b + lam_s + 2.0 * lam_tl + 2.0 * lam_dl + g_b + g_a + lam_dcb + lam_dca + lam_tca + lam_tcb
         dt = rng.exponential() / lam_tot
         t_b = (ist[I_K] + 1) * dts
@@ -438,18 +516,31 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
             fst[F_YSF] *= ef
             fst[F_YBS] *= es
             fst[F_YSS] *= es
+            ep = np.exp(-p[P_BETA_PULL] * dd)
+            fst[F_YPA] *= ep
+            fst[F_YPB] *= ep
             t = t_b
             ist[I_K] += 1
             act = 1.0
             if p[P_FAIR_ACT] > 0:
                 act = (2.0 * p[P_MU_MO] + (p[P_A_SELF_F] + p[P_A_CROSS_F]) * (fst[F_YBF] + fst[F_YSF])
                        + (p[P_A_SELF_S] + p[P_A_CROSS_S]) * (fst[F_YBS] + fst[F_YSS])) / (2.0 * p[P_MO_MEAN])
+            vsd = p[P_VOL_SD]
+            if vsd > 0:
+                th = dts / p[P_VOL_TAU]
+                fst[F_LOGVOL] += -th * fst[F_LOGVOL] + vsd * np.sqrt(2.0 * th) * rng.standard_normal()
+                act *= np.exp(2.0 * fst[F_LOGVOL] - 2.0 * vsd * vsd)  # mean-one variance factor
             fst[F_FAIR] += p[P_SIG_F] * np.sqrt(dts * act) * rng.standard_normal()
             if t >= fst[F_META_END]:
                 fst[F_META_SIGN] = 1.0 if rng.random() < 0.5 else -1.0
                 u = 1.0 - rng.random()
                 fst[F_META_END] = t + p[P_META_MIN] * u ** (-1.0 / p[P_META_ALPHA])
             fst[F_T] = t
+            if p[P_DELTA_NEAR] > 0:
+                pc = 1.0 - np.exp(-p[P_DELTA_NEAR] * dts)
+                ch = _thin_near(rng, pc, p[P_NEAR_RANGE], bsz, bcnt, btree, ist, W, logn, True)
+                ch += _thin_near(rng, pc, p[P_NEAR_RANGE], asz, acnt, atree, ist, W, logn, False)
+                ist[I_SEQ] += ch
             if record and ist[I_SEQ] != ist[I_LAST_ROW_SEQ]:
                 _emit_row(nrow, start_ns + np.int64(round(t * 1e9)), bsz, bcnt, btree, asz, acnt,
                           atree, ist, W, logn, depth, o_ts, o_seq, o_bpx, o_apx, o_bsz, o_asz)
@@ -466,6 +557,9 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
         fst[F_YSF] *= ef
         fst[F_YBS] *= es
         fst[F_YSS] *= es
+        ep = np.exp(-p[P_BETA_PULL] * dt)
+        fst[F_YPA] *= ep
+        fst[F_YPB] *= ep
         yb_f = fst[F_YBF]
         ys_f = fst[F_YSF]
         yb_s = fst[F_YBS]
@@ -475,8 +569,8 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
         n_s = p[P_MU_MO] * (1.0 - a) + p[P_A_SELF_F] * ys_f + p[P_A_CROSS_F] * yb_f \
             + p[P_A_SELF_S] * ys_s + p[P_A_CROSS_S] * yb_s
         n_tl = p[P_LAM_TOUCH] + p[P_A_TOUCH] * (yb_f + ys_f)
-        n_tca = p[P_LAM_TC] * (1.0 + tb) + p[P_A_TC] * yb_f
-        n_tcb = p[P_LAM_TC] * (1.0 - tb) + p[P_A_TC] * ys_f
+        n_tca = (p[P_LAM_TC] * tb + p[P_A_TC] * yb_f + p[P_A_PULL] * fst[F_YPA]) * tight
+        n_tcb = (p[P_LAM_TC] / tb + p[P_A_TC] * ys_f + p[P_A_PULL] * fst[F_YPB]) * tight
         u = rng.random() * lam_tot
         fst[F_T] = t
         t_ns = start_ns + np.int64(round(t * 1e9))
@@ -486,6 +580,11 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
             lots = _lognormal_lots(rng, p[P_MO_LN_MU], p[P_MO_LN_SIG], minl, p[P_MO_MAX])
             ntr = _market(rng, p, side, lots, bsz, bcnt, btree, asz, acnt, atree, ist, W, logn, t_ns,
                           tr_ts, tr_px, tr_qty, tr_side, ntr, tr_cap if record else 0, record, wbuf)
+            if p[P_KYLE] > 0:
+                x = np.sqrt(lots / np.exp(p[P_MO_LN_MU]))
+                if x > p[P_KYLE_CAP]:
+                    x = p[P_KYLE_CAP]
+                fst[F_FAIR] += side * p[P_KYLE] * x
             if side > 0:
                 fst[F_YBF] += 1.0
                 fst[F_YBS] += 1.0
@@ -504,9 +603,13 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                     side = -1
                     u -= n_tl + lam_dl + g_b
                     gs = g_a
+                move = False
                 if u < gs:
-                    d = 1  # the spread is wider than a tick: a maker re-quotes next to the other side
+                    # the spread is wider than a tick: a maker re-quotes next to the other side,
+                    # moving its best level there (with probability p_move) or posting a new order
+                    d = 1
                     lots = _lognormal_lots(rng, p[P_TL_LN_MU], p[P_TL_LN_SIG], minl, 1e12)
+                    move = rng.random() < p[P_MOVE]
                 elif u < gs + n_tl:
                     d = 1
                     if rng.random() > p[P_TOUCH_D1]:
@@ -523,14 +626,20 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                     else:
                         d = 1 + np.int64(rng.random() * p[P_D_MAX])
                     lots = _lognormal_lots(rng, p[P_DL_LN_MU], p[P_DL_LN_SIG], minl, 1e12)
+                nord = 1
                 if side > 0:
                     ref = ist[I_BA]
                     if ref >= W:
                         ref = ist[I_BB] + 1 if ist[I_BB] >= 0 else W // 2
                     i = ref - d
                     if 0 <= i < W:
-                        _add_orders(bsz, bcnt, btree, i, lots, 1)
-                        ist[I_NB] += 1
+                        j = ist[I_BB]
+                        if move and j >= 0 and j < i:
+                            lots = bsz[j]
+                            nord = bcnt[j]
+                            _remove_level(bsz, bcnt, btree, j)
+                        _add_orders(bsz, bcnt, btree, i, lots, nord)
+                        ist[I_NB] += 1 if not move else 0
                         if i > ist[I_BB]:
                             ist[I_BB] = i
                         applied = True
@@ -540,8 +649,13 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                         ref = ist[I_BA] - 1 if ist[I_BA] < W else W // 2
                     i = ref + d
                     if 0 <= i < W:
-                        _add_orders(asz, acnt, atree, i, lots, 1)
-                        ist[I_NA] += 1
+                        j = ist[I_BA]
+                        if move and j < W and j > i:
+                            lots = asz[j]
+                            nord = acnt[j]
+                            _remove_level(asz, acnt, atree, j)
+                        _add_orders(asz, acnt, atree, i, lots, nord)
+                        ist[I_NA] += 1 if not move else 0
                         if i < ist[I_BA]:
                             ist[I_BA] = i
                         applied = True
@@ -574,12 +688,14 @@ def simulate(p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, start_ns, t_s
                         if i < W and ist[I_NA] > acnt[i]:
                             ist[I_NA] -= _remove_level(asz, acnt, atree, i)
                             ist[I_BA] = _best_ask(atree, logn)
+                            fst[F_YPA] += 1.0
                             applied = True
                     elif u < n_tca + n_tcb:
                         i = ist[I_BB]
                         if i >= 0 and ist[I_NB] > bcnt[i]:
                             ist[I_NB] -= _remove_level(bsz, bcnt, btree, i)
                             ist[I_BB] = _best_bid(btree, ist, logn)
+                            fst[F_YPB] += 1.0
                             applied = True
                     # else: rejected candidate (thinning)
         if applied:

@@ -26,46 +26,56 @@ class SynthParams:
     warmup_s: float = 300.0            # simulated, not recorded, before the first row
     window_ticks: int = 1 << 18        # price window held in memory (recentred when needed)
     # market orders: bivariate Hawkes, two exponential kernels, rates in 1/s
-    mu_mo: float = 0.6                 # baseline per side
-    alpha_self_fast: float = 1.0
-    alpha_cross_fast: float = 0.2
-    beta_fast: float = 2.0
-    alpha_self_slow: float = 0.01
-    alpha_cross_slow: float = 0.005
-    beta_slow: float = 0.05
+    mu_mo: float = 0.25                # baseline per side
+    alpha_self_fast: float = 7.0
+    alpha_cross_fast: float = 0.5
+    beta_fast: float = 10.0
+    alpha_self_slow: float = 0.003
+    alpha_cross_slow: float = 0.001
+    beta_slow: float = 0.02
     mo_size_median: float = 0.003      # BTC, lognormal
     mo_size_sigma: float = 2.45
     mo_size_max: float = 10.0          # BTC
     # limit orders
-    lam_touch: float = 20.0            # per side, near the opposite best
-    alpha_touch: float = 2.0           # touch-limit intensity jump per market order (fast kernel)
-    touch_d1_p: float = 0.9            # P(d = 1): the order sets or joins a one-tick spread
-    touch_geom_p: float = 0.3          # otherwise d = 1 + Geometric(p) ticks from the opposite best
-    touch_size_median: float = 0.05
-    touch_size_sigma: float = 1.5
-    lam_gap: float = 100.0             # per side while the spread is > 1 tick (tilted by imbalance a)
-    lam_deep: float = 20.0             # per side, uniform in 1..d_max ticks from the opposite best
+    lam_touch: float = 4.0             # per side baseline, at / just behind the opposite best - 1 tick
+    alpha_touch: float = 10.0          # touch-limit intensity jump per market order (fast kernel)
+    touch_d1_p: float = 0.95           # P(d = 1): the order sets or joins a one-tick spread
+    touch_geom_p: float = 0.05         # otherwise d = 1 + Geometric(p) ticks from the opposite best
+    touch_size_median: float = 0.35
+    touch_size_sigma: float = 1.2
+    lam_gap: float = 300.0             # per side while the spread is > 1 tick (side tilted by z, see gap_tilt)
+    p_move: float = 0.8                # a gap refill moves the side's best level (quote move)
+    lam_deep: float = 15.0             # per side, uniform in 1..d_max ticks from the opposite best
     d_max: int = 30000
-    lam_near: float = 10.0             # per side, 1 + Exp(d_near) ticks from the opposite best
+    lam_near: float = 18.0             # per side, 1 + Exp(d_near) ticks from the opposite best
     d_near: float = 400.0
     deep_size_median: float = 0.002
     deep_size_sigma: float = 2.3
     # cancels
     delta: float = 0.01                # per resting order, 1/s (Santa Fe)
-    lam_touch_cancel: float = 2.0      # per side: the whole best level pulled (a quote moved)
-    alpha_touch_cancel: float = 3.0    # jump per market order hitting that side (fast kernel)
+    delta_near: float = 0.5            # extra, per order within near_range ticks of the best (not at it)
+    near_range: int = 2000
+    lam_touch_cancel: float = 0.05     # per side: the whole best level pulled (a quote moved)
+    alpha_touch_cancel: float = 2.0    # jump per market order hitting that side (fast kernel)
+    alpha_pull: float = 8.0            # pull cascades: jump per pull on the same side
+    beta_pull: float = 10.0            # their decay, 1/s (alpha_pull / beta_pull < 1)
     # trades: one per maker order filled
-    fill_geom_p: float = 0.4           # maker orders filled at a level left standing: Geometric(p)
+    fill_geom_p: float = 0.3           # maker orders filled at a level left standing: Geometric(p)
     fill_sigma: float = 1.5            # lognormal weights splitting a fill over its maker orders
     # latent fair value and meta-orders (order-flow imbalance a in [-0.95, 0.95])
-    fair_sigma: float = 300.0          # ticks / sqrt(s), random walk
+    fair_sigma: float = 650.0          # ticks / sqrt(s), random walk
+    vol_tau: float = 300.0             # s: slow log-volatility (OU) of the fair value, time scale
+    vol_sd: float = 0.7                # its stationary sd (variance factor exp(2v - 2 sd^2), mean 1)
+    kyle_ticks: float = 0.0            # permanent impact: a market order moves fair by side * k * sqrt(q / median q)
+    kyle_cap: float = 10.0             # cap on sqrt(q / median q)
     fair_activity: int = 1             # 1: steps scale with sqrt(market-order intensity / its mean)
-    fair_pull: float = 0.6             # a += fair_pull * tanh((fair - mid) / fair_scale)
-    fair_scale: float = 1000.0         # ticks
+    fair_pull: float = 0.3             # a += fair_pull * tanh((fair - mid) / fair_scale)
+    fair_scale: float = 300.0          # ticks
     meta_weight: float = 0.3           # a += meta_weight * meta_sign
     meta_alpha: float = 1.5            # Pareto tail of meta-order durations (sign ACF ~ lag^-(alpha-1))
     meta_min_s: float = 2.0
-    touch_cancel_bias: float = 1.0     # touch cancels tilt with a too (ask makers pull when a > 0)
+    touch_cancel_bias: float = 1.5     # level pulls: asks x exp(k z), bids x exp(-k z), z = (fair - mid) / fair_scale
+    gap_tilt: float = 2.0              # gap refills: bid share (1 + tanh(k z)) / 2
 
     # ------------------------------------------------------------------
     def branching_ratio(self) -> float:
@@ -85,7 +95,7 @@ class SynthParams:
                 raise InputError(f"synth parameter {f.name!r}: {v!r} is not a finite number")
             if v < 0:
                 raise InputError(f"synth parameter {f.name!r}: {v!r} is negative")
-        positive = ("tick_size", "lot_size", "depth", "sample_ms", "beta_fast", "beta_slow",
+        positive = ("tick_size", "lot_size", "depth", "sample_ms", "beta_fast", "beta_slow", "beta_pull", "vol_tau",
                     "mo_size_median", "mo_size_max", "touch_size_median", "deep_size_median",
                     "touch_geom_p", "fill_geom_p", "d_max", "d_near", "fair_scale", "meta_alpha", "meta_min_s", "mu_mo")
         for name in positive:
@@ -94,12 +104,14 @@ class SynthParams:
         inv = 1.0 / self.tick_size
         if abs(inv - round(inv)) > 1e-9:
             raise InputError(f"synth parameter 'tick_size': 1/tick_size must be an integer, got {self.tick_size}")
-        for name in ("touch_geom_p", "touch_d1_p", "fill_geom_p"):
+        for name in ("touch_geom_p", "touch_d1_p", "fill_geom_p", "p_move"):
             if getattr(self, name) > 1:
                 raise InputError(f"synth parameter {name!r}: a probability, must be <= 1")
         n = self.branching_ratio()
         if not n < 1:
             raise InputError(f"synth parameters: Hawkes branching ratio {n:.3f} must be < 1")
+        if not self.alpha_pull / self.beta_pull < 1:
+            raise InputError("synth parameters: pull branching ratio alpha_pull / beta_pull must be < 1")
         w = self.window_ticks
         if w & (w - 1) or w < 1 << 12:
             raise InputError("synth parameter 'window_ticks': must be a power of two >= 4096")
@@ -156,6 +168,16 @@ class SynthParams:
         p[E.P_LAM_GAP] = self.lam_gap
         p[E.P_LAM_NEAR] = self.lam_near
         p[E.P_D_NEAR] = self.d_near
+        p[E.P_MOVE] = self.p_move
+        p[E.P_DELTA_NEAR] = self.delta_near
+        p[E.P_NEAR_RANGE] = self.near_range
+        p[E.P_GAP_TILT] = self.gap_tilt
+        p[E.P_A_PULL] = self.alpha_pull
+        p[E.P_BETA_PULL] = self.beta_pull
+        p[E.P_VOL_TAU] = self.vol_tau
+        p[E.P_VOL_SD] = self.vol_sd
+        p[E.P_KYLE] = self.kyle_ticks
+        p[E.P_KYLE_CAP] = self.kyle_cap
         return p
 
     def to_dict(self) -> dict:

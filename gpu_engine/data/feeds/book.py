@@ -33,17 +33,29 @@ def parse_levels(levels, field: str = "levels") -> list[tuple[float, float]]:
     Raises LevelError('bad_number') for a non-number / non-finite / non-positive price
     or a non-number size, LevelError('negative_size') for a size < 0.
     """
+    try:
+        ps = [float(lv[0]) for lv in levels]
+        qs = [float(lv[1]) for lv in levels]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return _parse_levels_slow(levels, field)
+    if ps:
+        total = sum(ps) + sum(qs)  # NaN or inf if any value is (or the sum overflows)
+        if not (total < math.inf) or min(ps) <= 0.0 or min(qs) < 0.0:
+            return _parse_levels_slow(levels, field)
+    return list(zip(ps, qs))
+
+
+def _parse_levels_slow(levels, field: str) -> list[tuple[float, float]]:
+    """One level at a time, to name the bad one."""
     out = []
     try:
         for lv in levels:
             p = float(lv[0])
             q = float(lv[1])
-            if not (p > 0.0 and p < math.inf and q < math.inf):  # also rejects NaN
-                if q < 0.0:
-                    raise LevelError("negative_size", f"{field}: negative size {lv[1]!r} at price {lv[0]!r}")
-                raise LevelError("bad_number", f"{field}: price/size not a finite number: {lv!r}")
             if q < 0.0:
                 raise LevelError("negative_size", f"{field}: negative size {lv[1]!r} at price {lv[0]!r}")
+            if not (0.0 < p < math.inf and q < math.inf):  # also rejects NaN
+                raise LevelError("bad_number", f"{field}: price/size not a finite number: {lv!r}")
             out.append((p, q))
     except LevelError:
         raise
@@ -106,11 +118,9 @@ class PriceLevelBook:
             del keys[bisect_left(keys, p)]
 
     def update(self, bids: Iterable[tuple[float, float]] = (), asks: Iterable[tuple[float, float]] = ()) -> None:
-        """Apply absolute level sizes on both sides (0 deletes)."""
-        for p, q in bids:
-            self.set_bid(p, q)
-        for p, q in asks:
-            self.set_ask(p, q)
+        """Apply absolute level sizes on both sides (0 deletes); set_bid/set_ask in a batch."""
+        _update_side(self.bids, self._bk, bids, True)
+        _update_side(self.asks, self._ak, asks, False)
 
     # -- reading
     def best_bid(self) -> tuple[float, float]:
@@ -159,3 +169,16 @@ class PriceLevelBook:
     def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Every level, best first: ([(bid px, size)...], [(ask px, size)...])."""
         return ([(-k, self.bids[-k]) for k in self._bk], [(k, self.asks[k]) for k in self._ak])
+
+
+def _update_side(d: dict, keys: list, levels, negate: bool) -> None:
+    """set_bid / set_ask for a batch of levels, inlined for speed (import bar)."""
+    for p, q in levels:
+        k = -p if negate else p
+        if q > 0.0:
+            if p not in d:
+                keys.insert(bisect_left(keys, k), k)
+            d[p] = q
+        elif p in d:
+            del d[p]
+            del keys[bisect_left(keys, k)]

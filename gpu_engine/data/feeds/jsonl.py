@@ -38,7 +38,16 @@ LOCAL_TS_TOLERANCE_NS = 1_000_000_000  # receive clock may step back this much (
 PROGRESS_EVERY = 2048                   # lines between progress updates
 MAX_LISTED_BAD = 5                      # bad lines listed individually in the notes
 
-_loads = json.loads
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def parse_json(payload: bytes):
+    """JSON bytes -> object; ValueError (or UnicodeDecodeError) if not exactly one JSON value."""
+    text = payload.decode("utf-8").lstrip()
+    obj, end = _raw_decode(text)
+    if end != len(text) and text[end:].strip():
+        raise ValueError(f"extra data after the JSON value at char {end}")
+    return obj
 
 
 def stamp_to_ns(value: int) -> int:
@@ -143,6 +152,7 @@ def iter_capture(paths, report: ImportReport, style: str = "stamped"
         split = split_cryptofeed_line
     else:
         raise ValueError(f"unknown capture style {style!r}")
+    stamped = split is split_stamped_line
     last_local = None
     for path in paths:
         path = Path(path)
@@ -152,12 +162,26 @@ def iter_capture(paths, report: ImportReport, style: str = "stamped"
             if not line.strip():
                 continue
             try:
-                parts = split(line)
-                if parts is None:
-                    report.count("header_lines")
-                    continue
-                local_ts, payload = parts
-                obj = _loads(payload)
+                if stamped:  # inline split_stamped_line (hot path)
+                    i = line.find(b" ")
+                    if i <= 0:
+                        raise ValueError("no '<timestamp> <json>' separator")
+                    local_ts = int(line[:i])
+                    if local_ts < 10**17:
+                        local_ts = stamp_to_ns(local_ts)
+                    text = line[i + 1:].decode("utf-8")
+                else:
+                    parts = split(line)
+                    if parts is None:
+                        report.count("header_lines")
+                        continue
+                    local_ts, payload = parts
+                    text = payload.decode("utf-8")
+                if text[:1].isspace():
+                    text = text.lstrip()
+                obj, end = _raw_decode(text)
+                if end != len(text) and text[end:].strip():
+                    raise ValueError(f"extra data after the JSON value at char {end}")
             except (ValueError, UnicodeDecodeError) as exc:
                 report.bad_lines += 1
                 if first_bad is None:
