@@ -66,6 +66,18 @@ def test_linear_return_autocorrelation_small(gen):
     assert abs(f["ret1s_acf1"]) < 0.3  # real: -0.05, +0.21
 
 
+def test_book_imbalance_carries_signal(gen):
+    """The latent fair value leaves a trace: level-1 size imbalance predicts the next 1 s mid move."""
+    book, _, _ = gen
+    step = 1_000_000_000
+    grid = np.arange(book.ts[0], book.ts[-1], step)
+    k = np.searchsorted(book.ts, grid, side="right") - 1
+    mid = (book.bid_px[k, 0] + book.ask_px[k, 0]) / 2
+    b, a = book.bid_sz[k, 0].astype(float), book.ask_sz[k, 0].astype(float)
+    imb = (b - a) / (b + a)
+    assert np.corrcoef(imb[:-1], np.diff(mid))[0, 1] > 0.08  # seed 0: 0.17
+
+
 def test_rates_and_sizes_near_the_real_ones(gen):
     _, _, f = gen
     assert 14 <= f["trades_per_s"] <= 50       # real 28.2, 33.3
@@ -229,6 +241,9 @@ def test_cli_synth(tmp_path, capsys):
     (["--seed", "-2"], "--seed"),
     (["--start", "yesterday"], "--start"),
     (["--price", "0"], "anchor price"),
+    (["--price", "1000"], "below 2621.44"),
+    (["--hours", "1e-6"], "shorter than one 100 ms row"),
+    (["--blocks", "/nonexistent/blocks.npy"], "not found"),
 ])
 def test_cli_bad_input_exit_2_no_store(tmp_path, capsys, argv, msg):
     out = tmp_path / "bad.zarr"

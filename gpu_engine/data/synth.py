@@ -18,7 +18,9 @@ from typing import Iterator
 
 import numpy as np
 
+from gpu_engine.data import synth_book as SB
 from gpu_engine.data import synth_engine as E
+from gpu_engine.data import synth_layout as LY
 from gpu_engine.data.books import Book, Trades
 from gpu_engine.data.errors import InputError
 from gpu_engine.data.synth_params import DEFAULT, SynthParams
@@ -100,23 +102,31 @@ class _Run:
     t_rec: float      # simulation time of the recorded start
 
 
-def _check_args(hours, seed) -> None:
+def _check_args(hours, seed, sample_ms: int = DEFAULT.sample_ms) -> None:
     if isinstance(hours, bool) or not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
         raise InputError(f"synth --hours: {hours!r} must be a positive number")
+    if round(hours * 3_600_000 / sample_ms) < 1:
+        raise InputError(f"synth --hours: {hours!r} is shorter than one {sample_ms} ms row")
     if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise InputError(f"synth --seed: {seed!r} must be a non-negative integer")
+
+
+def _check_price(price, params: SynthParams) -> None:
+    if isinstance(price, bool) or not (isinstance(price, (int, float)) and math.isfinite(price) and price > 0):
+        raise InputError(f"synth: anchor price {price!r} must be a positive number")
+    tpu = params.ticks_per_unit()
+    if round(price * tpu) < params.window_ticks:
+        raise InputError(f"synth: anchor price {price:.2f} is below {params.window_ticks / tpu:.2f}, the lowest "
+                         "this calibration (BTCUSDT 2024, tick 0.01) supports; give --price or a later --start")
 
 
 def _new_run(start_ns: int, seed: int, price: float, params: SynthParams) -> _Run:
     params.validate()
     _check_args(1.0, seed)
-    if not (math.isfinite(price) and price > 0):
-        raise InputError(f"synth: anchor price {price!r} must be a positive number")
+    _check_price(price, params)
     W = params.window_ticks
     tpu = params.ticks_per_unit()
     p0 = int(round(price * tpu))
-    if p0 - W < 0:
-        raise InputError(f"synth: anchor price {price} is too small for a {W}-tick window")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x53594E]))  # 'SYN' stream tag
     p = params.vector(price)
     bsz = np.zeros(W, np.int64)
@@ -125,34 +135,34 @@ def _new_run(start_ns: int, seed: int, price: float, params: SynthParams) -> _Ru
     acnt = np.zeros(W, np.int64)
     c = W // 2  # index of the initial best bid; best ask at c + 1
     n0 = max(1, int(round(params.lam_deep / max(params.delta, 1e-9))))
-    minl = p[E.P_MIN_LOTS]
+    minl = p[LY.P_MIN_LOTS]
     for sz, cnt, sign in ((bsz, bcnt, -1), (asz, acnt, +1)):
         ref = c + 1 if sign < 0 else c  # the opposite best
         d = 1 + (rng.random(n0) * params.d_max).astype(np.int64)
-        lots = np.maximum(minl, np.rint(np.exp(p[E.P_DL_LN_MU] + p[E.P_DL_LN_SIG] * rng.standard_normal(n0))))
+        lots = np.maximum(minl, np.rint(np.exp(p[LY.P_DL_LN_MU] + p[LY.P_DL_LN_SIG] * rng.standard_normal(n0))))
         idx = ref + sign * d
         np.add.at(sz, idx, lots.astype(np.int64))
         np.add.at(cnt, idx, 1)
         nt = 20
         dt_ = np.where(rng.random(nt) < params.touch_d1_p, 1, 1 + rng.geometric(params.touch_geom_p, nt))
-        lots = np.maximum(minl, np.rint(np.exp(p[E.P_TL_LN_MU] + p[E.P_TL_LN_SIG] * rng.standard_normal(nt))))
+        lots = np.maximum(minl, np.rint(np.exp(p[LY.P_TL_LN_MU] + p[LY.P_TL_LN_SIG] * rng.standard_normal(nt))))
         idx = ref + sign * dt_
         np.add.at(sz, idx, lots.astype(np.int64))
         np.add.at(cnt, idx, 1)
     btree = np.zeros(W + 1, np.int64)
     atree = np.zeros(W + 1, np.int64)
-    E._fw_build(btree, bcnt)
-    E._fw_build(atree, acnt)
-    ist = np.zeros(E.I_N, np.int64)
-    ist[E.I_BASE] = p0 - c
-    ist[E.I_BB] = c
-    ist[E.I_BA] = c + 1
-    ist[E.I_NB] = int(bcnt.sum())
-    ist[E.I_NA] = int(acnt.sum())
-    ist[E.I_LAST_ROW_SEQ] = -1
-    fst = np.zeros(E.F_N, np.float64)
-    fst[E.F_FAIR] = p0 + 0.5
-    fst[E.F_META_SIGN] = 1.0
+    SB.fw_build(btree, bcnt)
+    SB.fw_build(atree, acnt)
+    ist = np.zeros(LY.I_N, np.int64)
+    ist[LY.I_BASE] = p0 - c
+    ist[LY.I_BB] = c
+    ist[LY.I_BA] = c + 1
+    ist[LY.I_NB] = int(bcnt.sum())
+    ist[LY.I_NA] = int(acnt.sum())
+    ist[LY.I_LAST_ROW_SEQ] = -1
+    fst = np.zeros(LY.F_N, np.float64)
+    fst[LY.F_FAIR] = p0 + 0.5
+    fst[LY.F_META_SIGN] = 1.0
     t_rec = round(params.warmup_s / (params.sample_ms / 1000.0)) * (params.sample_ms / 1000.0)
     t0_ns = start_ns - int(round(t_rec * 1e9))
     return _Run(params, p, fst, ist, bsz, bcnt, btree, asz, acnt, atree, rng, t0_ns, t_rec)
@@ -164,8 +174,8 @@ def _advance(run: _Run, t_stop: float, record: bool, bufs) -> tuple[int, int]:
                            run.acnt, run.atree, run.rng, np.int64(run.t0_ns), float(t_stop),
                            bool(record), np.int64(TRADE_GUARD), o_ts, o_seq, o_bpx, o_apx,
                            o_bsz, o_asz, tr_ts, tr_px, tr_qty, tr_side)
-    if run.ist[E.I_DROPPED]:
-        raise RuntimeError(f"synth: {int(run.ist[E.I_DROPPED])} trades did not fit the trade buffer")
+    if run.ist[LY.I_DROPPED]:
+        raise RuntimeError(f"synth: {int(run.ist[LY.I_DROPPED])} trades did not fit the trade buffer")
     return int(nrow), int(ntr)
 
 
@@ -176,7 +186,7 @@ def iter_chunks(start_ns: int, hours: float, seed: int, price: float, params: Sy
     rows: ts int64 ns, seq int64, bid_px/ask_px float64 [n, L], bid_sz/ask_sz float32 [n, L];
     trades: ts int64 ns, px float64, qty float64, side int8.
     """
-    _check_args(hours, seed)
+    _check_args(hours, seed, params.sample_ms)
     if chunk_rows < 1:
         raise InputError("synth: chunk_rows must be >= 1")
     run = _new_run(start_ns, seed, price, params)
@@ -189,15 +199,15 @@ def iter_chunks(start_ns: int, hours: float, seed: int, price: float, params: Sy
              np.zeros(tcap, np.int8))
     _advance(run, run.t_rec, False, bufs + tbufs)
     # re-anchor after the warm-up: shift the whole book (whole ticks) so the mid is the anchor price
-    shift = int(round(price * params.ticks_per_unit() - E._mid_ticks(run.ist, params.window_ticks)))
-    run.ist[E.I_BASE] += shift
-    run.fst[E.F_FAIR] += shift
+    shift = int(round(price * params.ticks_per_unit() - SB.mid_ticks(run.ist, params.window_ticks)))
+    run.ist[LY.I_BASE] += shift
+    run.fst[LY.F_FAIR] += shift
     dts = params.sample_ms / 1000.0
     n_steps = int(round(hours * 3600.0 / dts))
     t_end = run.t_rec + n_steps * dts
     tpu = float(params.ticks_per_unit())
     lots_per_unit = 1.0 / params.lot_size
-    while run.fst[E.F_T] < t_end - 1e-9:
+    while run.fst[LY.F_T] < t_end - 1e-9:
         nrow, ntr = _advance(run, t_end, True, bufs + tbufs)
         o_ts, o_seq, o_bpx, o_apx, o_bsz, o_asz = bufs
         rows = {
@@ -259,13 +269,12 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
     from gpu_engine.data.books import BookStoreWriter
 
     start_ns = parse_start(start)
-    _check_args(hours, seed)
     params.validate()
+    _check_args(hours, seed, params.sample_ms)
     anchor = None
     if price is None:
         price, anchor = anchor_price(start_ns, blocks)
-    if not (isinstance(price, (int, float)) and math.isfinite(price) and price > 0):
-        raise InputError(f"synth: anchor price {price!r} must be a positive number")
+    _check_price(price, params)
     attrs = store_attrs(start_ns, hours, seed, price, params, anchor)
     total_s = hours * 3600.0
     bar = None
@@ -274,23 +283,27 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
         bar = tqdm(total=round(total_s), unit="sim s", desc="synth", leave=False)
     n_rows = n_trades = 0
     first = last = None
-    with BookStoreWriter(Path(path), params.depth, attrs, chunk_rows=chunk_rows) as w:
-        for rows, tr in iter_chunks(start_ns, hours, seed, price, params, chunk_rows):
-            if len(rows["ts"]):
-                w.append(rows["ts"], rows["seq"], rows["bid_px"], rows["ask_px"], rows["bid_sz"], rows["ask_sz"])
-                if first is None:
-                    first = (float(rows["bid_px"][0, 0]), float(rows["ask_px"][0, 0]))
-                last = (float(rows["bid_px"][-1, 0]), float(rows["ask_px"][-1, 0]))
-                n_rows += len(rows["ts"])
-                if bar is not None:
-                    done = min(bar.total, int((int(rows["ts"][-1]) - start_ns) // 1_000_000_000))
-                    bar.update(done - bar.n)
-            if len(tr["ts"]):
-                w.append_trades(tr["ts"], tr["px"], tr["qty"], tr["side"])
-                n_trades += len(tr["ts"])
-    if bar is not None:
-        bar.update(bar.total - bar.n)
-        bar.close()
+    try:
+        with BookStoreWriter(Path(path), params.depth, attrs, chunk_rows=chunk_rows) as w:
+            for rows, tr in iter_chunks(start_ns, hours, seed, price, params, chunk_rows):
+                if len(rows["ts"]):
+                    w.append(rows["ts"], rows["seq"], rows["bid_px"], rows["ask_px"], rows["bid_sz"],
+                             rows["ask_sz"])
+                    if first is None:
+                        first = (float(rows["bid_px"][0, 0]), float(rows["ask_px"][0, 0]))
+                    last = (float(rows["bid_px"][-1, 0]), float(rows["ask_px"][-1, 0]))
+                    n_rows += len(rows["ts"])
+                    if bar is not None:
+                        done = min(bar.total, int((int(rows["ts"][-1]) - start_ns) // 1_000_000_000))
+                        bar.update(done - bar.n)
+                if len(tr["ts"]):
+                    w.append_trades(tr["ts"], tr["px"], tr["qty"], tr["side"])
+                    n_trades += len(tr["ts"])
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
     return {"path": str(path), "rows": n_rows, "trades": n_trades, "price": price,
             "first_mid": None if first is None else sum(first) / 2,
             "last_mid": None if last is None else sum(last) / 2, "hours": hours, "seed": seed}
@@ -301,7 +314,8 @@ def ensure_default(path=DEFAULT_OUT, start=DEFAULT_START, hours: float = DEFAULT
     """Generate the default synthetic store when `path` does not exist yet; return its path.
 
     Defaults: 6 h from 2024-08-08T00:00 UTC, seed 0, anchored at the block dataset's price
-    (data/blocks.npy when present, else built in memory); about 3 s on one core.
+    (data/blocks.npy when present, else built in memory); about 10 s on one core, 6 s of it
+    numba compiling the engine.
     """
     path = Path(path)
     if not path.exists():

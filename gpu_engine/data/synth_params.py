@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from gpu_engine.data import synth_engine as E
+from gpu_engine.data import synth_layout as E
 from gpu_engine.data.errors import InputError
 
 
@@ -36,6 +36,7 @@ class SynthParams:
     mo_size_median: float = 0.003      # BTC, lognormal
     mo_size_sigma: float = 2.45
     mo_size_max: float = 10.0          # BTC
+    mo_slip_ticks: int = 1500          # price protection: fills at most this far from the best, rest expires
     # limit orders
     lam_touch: float = 4.0             # per side baseline, at / just behind the opposite best - 1 tick
     alpha_touch: float = 10.0          # touch-limit intensity jump per market order (fast kernel)
@@ -49,32 +50,33 @@ class SynthParams:
     d_max: int = 30000
     lam_near: float = 18.0             # per side, 1 + Exp(d_near) ticks from the opposite best
     d_near: float = 400.0
-    deep_size_median: float = 0.002
-    deep_size_sigma: float = 2.3
+    deep_size_median: float = 0.003
+    deep_size_sigma: float = 2.8
     # cancels
     delta: float = 0.01                # per resting order, 1/s (Santa Fe)
     delta_near: float = 0.5            # extra, per order within near_range ticks of the best (not at it)
     near_range: int = 2000
     lam_touch_cancel: float = 0.05     # per side: the whole best level pulled (a quote moved)
     alpha_touch_cancel: float = 2.0    # jump per market order hitting that side (fast kernel)
-    alpha_pull: float = 8.0            # pull cascades: jump per pull on the same side
+    alpha_pull: float = 7.0            # pull cascades: jump per pull on the same side
     beta_pull: float = 10.0            # their decay, 1/s (alpha_pull / beta_pull < 1)
     # trades: one per maker order filled
     fill_geom_p: float = 0.3           # maker orders filled at a level left standing: Geometric(p)
     fill_sigma: float = 1.5            # lognormal weights splitting a fill over its maker orders
     # latent fair value and meta-orders (order-flow imbalance a in [-0.95, 0.95])
-    fair_sigma: float = 650.0          # ticks / sqrt(s), random walk
+    fair_sigma: float = 1000.0          # ticks / sqrt(s), random walk
     vol_tau: float = 300.0             # s: slow log-volatility (OU) of the fair value, time scale
-    vol_sd: float = 0.7                # its stationary sd (variance factor exp(2v - 2 sd^2), mean 1)
-    kyle_ticks: float = 0.0            # permanent impact: a market order moves fair by side * k * sqrt(q / median q)
+    vol_sd: float = 0.8                # its sd (variance factor exp(2v - 2 sd^2)); v clipped to +-2 sd
+    kyle_ticks: float = 10.0           # permanent impact: a market order moves fair by side * k * sqrt(q / median q)
     kyle_cap: float = 10.0             # cap on sqrt(q / median q)
     fair_activity: int = 1             # 1: steps scale with sqrt(market-order intensity / its mean)
     fair_pull: float = 0.3             # a += fair_pull * tanh((fair - mid) / fair_scale)
-    fair_scale: float = 300.0          # ticks
+    fair_scale: float = 200.0          # ticks
+    fair_max_z: float = 10.0           # |fair - mid| clamped to fair_max_z * fair_scale
     meta_weight: float = 0.3           # a += meta_weight * meta_sign
     meta_alpha: float = 1.5            # Pareto tail of meta-order durations (sign ACF ~ lag^-(alpha-1))
     meta_min_s: float = 2.0
-    touch_cancel_bias: float = 1.5     # level pulls: asks x exp(k z), bids x exp(-k z), z = (fair - mid) / fair_scale
+    touch_cancel_bias: float = 2.0     # level pulls: asks x exp(k z), bids x exp(-k z), z = (fair - mid) / fair_scale
     gap_tilt: float = 2.0              # gap refills: bid share (1 + tanh(k z)) / 2
 
     # ------------------------------------------------------------------
@@ -178,6 +180,8 @@ class SynthParams:
         p[E.P_VOL_SD] = self.vol_sd
         p[E.P_KYLE] = self.kyle_ticks
         p[E.P_KYLE_CAP] = self.kyle_cap
+        p[E.P_MO_SLIP] = self.mo_slip_ticks
+        p[E.P_FAIR_MAXZ] = self.fair_max_z
         return p
 
     def to_dict(self) -> dict:

@@ -18,11 +18,20 @@ Book sync (REFERENCE section 5), `DepthSync`:
 * Live events: u <= local id -> ignored (u == local: `duplicates`, else `stale`).
   Continuity: spot U == local+1 (the first event after a snapshot only needs
   U <= local+1), futures pu == local (first event after a snapshot: U <= L <= u).
-  Anything else is a gap: recorded (`report.gaps`: time, reason, `until`), the book
+  Anything else is a gap: recorded (`report.gaps`: time, reason, kind, seq = last
+  good update id, `until` = first row after the resync or None), the book
   is discarded and NO row is emitted until a resync from the next snapshot line
   (the event that revealed the gap is kept in the buffer for that resync).
+  A depthUpdate refused for bad content (see below) whose ids the book needed is a
+  gap at once.
 * A book that comes out crossed or locked after an update is treated as a gap too
   (`crossed` counted): no row is ever emitted from it.
+* The REST snapshot is truncated (1000 or 5000 levels): below its lowest bid and
+  above its highest ask, levels that have not changed since are invisible (doc
+  note). Row levels beyond that range are therefore reported absent (NaN / 0;
+  `rows_depth_cut_at_snapshot_range`), and while the best bid or ask itself lies
+  beyond it no row is emitted (recorded as a gap, `until` = the first row after the
+  price came back; `rows_outside_snapshot_range`). A new snapshot resets the range.
 * Futures vs spot: from the presence of `pu` in the depth events.
 * Snapshot lines while in sync are not needed and are ignored (counted).
 * A file with no snapshot line yields no book rows; the summary says so.
@@ -51,6 +60,8 @@ import math
 from collections import deque
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
@@ -144,11 +155,15 @@ class DepthSync:
         self.synced = False
         self.futures: bool | None = None
         self.local_id = -1
+        self.book_ts: int | None = None  # exchange time of the last applied update
         self.first_after_snapshot = False
         self.buffer: deque[_Event] = deque()
         self.buffer_max = buffer_max
         self.snapshots = 0
         self.in_gap = False        # a gap was recorded and not resynced yet
+        self.out_of_range = False  # best level beyond the snapshot's range (rows withheld)
+        self.bid_floor = -math.inf
+        self.ask_ceiling = math.inf
         self.until_pending = False  # resynced; the gap's `until` is the next emitted row
 
     # -- events
@@ -197,23 +212,54 @@ class DepthSync:
             expected = f"U={'<=' if self.first_after_snapshot else ''}{local + 1}"
             got = f"U={ev.U}, u={ev.u}"
         if not ok:
-            self._gap(ev, f"update id gap: expected {expected}, got {got}")
+            self._gap(ev, f"update id gap: expected {expected}, got {got}", "id_gap")
             return
         book = self.book
         book.update(ev.bids, ev.asks)
         self.local_id = ev.u
+        self.book_ts = ev.ts
         self.first_after_snapshot = False
         if book.crossed():
             r.crossed += 1
             bb, ba = book.best_bid()[0], book.best_ask()[0]
-            self._gap(ev, f"crossed book after u={ev.u} (bid {bb} >= ask {ba})", keep=False)
+            self._gap(ev, f"crossed book after u={ev.u} (bid {bb} >= ask {ba})", "crossed", keep=False)
             return
-        out.append((ev, book.top(self.depth)))
+        top = book.top(self.depth)
+        bid_px, ask_px, bid_sz, ask_sz = top
+        if bid_px[0] < self.bid_floor or ask_px[0] > self.ask_ceiling:
+            # best level outside what the snapshot covered: levels may be missing there
+            r.count("rows_outside_snapshot_range")
+            if not self.out_of_range:
+                self.out_of_range = True
+                r.add_gap(ev.ts, "best level moved beyond the snapshot's depth (levels there are unknown)",
+                          kind="out_of_range", seq=ev.u, until=None)
+            return
+        if self.out_of_range:
+            self.out_of_range = False
+            r.gaps[-1]["until"] = ev.ts
+        if bid_px[-1] < self.bid_floor or ask_px[-1] > self.ask_ceiling:
+            cut = bid_px < self.bid_floor
+            bid_px[cut] = np.nan
+            bid_sz[cut] = 0
+            cut = ask_px > self.ask_ceiling
+            ask_px[cut] = np.nan
+            ask_sz[cut] = 0
+            r.count("rows_depth_cut_at_snapshot_range")
+        out.append((ev, top))
 
-    def _gap(self, ev: _Event, reason: str, keep: bool = True) -> None:
-        self.report.add_gap(ev.ts, reason, seq=self.local_id, until=None)
+    def refuse(self, U: int, u: int, local_ts: int, why: str) -> None:
+        """A depthUpdate with ids U..u could not be applied (bad content): if the book
+        needed it, it is known wrong from now on -> gap at once (no more rows from it)."""
+        if self.synced and u > self.local_id:
+            ts = self.book_ts if self.book_ts is not None else local_ts
+            self._gap(_Event(U, u, None, ts, local_ts, (), ()), f"refused update U={U}, u={u}: {why}", "refused",
+                      keep=False)
+
+    def _gap(self, ev: _Event, reason: str, kind: str, keep: bool = True) -> None:
+        self.report.add_gap(ev.ts, reason, kind=kind, seq=self.local_id, until=None)
         self.in_gap = True
         self.until_pending = False
+        self.out_of_range = False
         self.synced = False
         self.book.clear()
         self.buffer.clear()
@@ -243,6 +289,9 @@ class DepthSync:
                 return []
         self.book.apply_snapshot(bids, asks)
         self.local_id = last_id
+        # the snapshot is truncated (REST limit): beyond its last levels the book is unknown
+        self.bid_floor = min((p for p, _ in bids), default=-math.inf)
+        self.ask_ceiling = max((p for p, _ in asks), default=math.inf)
         self.synced = True
         self.first_after_snapshot = True
         if self.in_gap:
@@ -252,7 +301,7 @@ class DepthSync:
         if self.book.crossed():
             r.crossed += 1
             self._gap(_Event(0, last_id, None, ts or 0, 0, (), ()),
-                      f"snapshot lastUpdateId={last_id} is crossed", keep=False)
+                      f"snapshot lastUpdateId={last_id} is crossed", "crossed", keep=False)
             buf.clear()
             return []
         out: list = []
@@ -265,6 +314,15 @@ class DepthSync:
                 break
             self._apply(ev, out)
         return out
+
+    def snapshot(self) -> dict | None:
+        """The whole local book as a REST-style snapshot object (None when not in sync):
+        what a recorder writes into a capture so that a later reader can resync there."""
+        if not self.synced:
+            return None
+        bids, asks = self.book.levels()
+        return {"lastUpdateId": self.local_id,
+                "bids": [[repr(p), repr(q)] for p, q in bids], "asks": [[repr(p), repr(q)] for p, q in asks]}
 
     def finish(self) -> None:
         """End of input: buffered events never synced are counted."""
@@ -282,11 +340,17 @@ def _tick(values, scale: int = 10**8) -> float | None:
     return g / scale if g else None
 
 
-def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport) -> Iterator[BookRow | TradeRow]:
-    """The `binance-jsonl` reader (registered in `gpu_engine.data.importers.FORMATS`)."""
+def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport,
+         sync: DepthSync | None = None) -> Iterator[BookRow | TradeRow]:
+    """The `binance-jsonl` reader (registered in `gpu_engine.data.importers.FORMATS`).
+
+    `sync`: an existing `DepthSync` to continue (or to inspect while the generator is
+    suspended after a row); by default a new one.
+    """
     want = symbol.upper() if symbol else None
     report.extra.setdefault("exchange", "binance")
-    sync = DepthSync(report, depth)
+    if sync is None:
+        sync = DepthSync(report, depth)
     depth_clock = _Clock("depthUpdate", report)
     trade_clock = _Clock("trade", report)
     last_trade_id = None
@@ -355,8 +419,12 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                     report.extra.setdefault("market", market)
                 elif sync.futures != fut:
                     raise _Bad("bad_lines", "depthUpdate shape differs from the stream's (pu present/absent)")
-                ts = depth_clock.check(_int(data, "E") * 1_000_000, local)
-                ev = _Event(U, u, pu, ts, local, _levels(data, "b"), _levels(data, "a"))
+                try:
+                    ts = depth_clock.check(_int(data, "E") * 1_000_000, local)
+                    ev = _Event(U, u, pu, ts, local, _levels(data, "b"), _levels(data, "a"))
+                except _Bad as exc:
+                    sync.refuse(U, u, local, str(exc))
+                    raise
                 emit = sync.on_depth(ev)
             elif kind == "trade":
                 if data.get("e") != "trade":

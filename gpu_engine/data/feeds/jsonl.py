@@ -160,6 +160,7 @@ def iter_capture(paths, report: ImportReport, style: str = "stamped"
         first_bad = None
         for lineno, line in iter_lines(path, report):
             if not line.strip():
+                report.count("blank_lines")
                 continue
             try:
                 if stamped:  # inline split_stamped_line (hot path)
