@@ -130,7 +130,8 @@ class _Buffer:
     def __init__(self, specs: dict[str, tuple[tuple[int, ...], Any, Any]], cap: int):
         self.cap = cap
         self.specs = specs
-        self.cols = {name: np.full((cap,) + shape, fill, dtype) for name, (shape, dtype, fill) in specs.items()}
+        # uninitialised: every row is written before it is flushed (and pages stay lazy)
+        self.cols = {name: np.empty((cap,) + shape, dtype) for name, (shape, dtype, fill) in specs.items()}
         self.n = 0
 
     def reset(self) -> None:

@@ -80,14 +80,14 @@ def augmented(real_dir: Path, name: str):
     rows, trades, rep = run(out)
     assert rep.bad_lines == 0 and not [g for g in rep.gaps if g["kind"] != "out_of_range"]
     assert rep.extra["snapshots_ignored_in_sync"] >= 3
-    return out, rows, trades
+    return out, rows, trades, rep.unsynced
 
 
 _CLEAN: dict[str, tuple] = {}
 
 
 class Clean(tuple):
-    """(lines, rows, trades) with a short repr (hypothesis prints the arguments of failures)."""
+    """(lines, rows, trades, unsynced count) with a short repr (hypothesis prints the arguments of failures)."""
 
     def __repr__(self):
         return f"<clean capture: {len(self[0])} lines, {len(self[1])} rows>"
@@ -101,7 +101,7 @@ def clean(real_dir, request):
 
 
 def test_injected_snapshots_do_not_change_the_clean_import(clean):
-    lines, rows, trades = clean
+    lines, rows, trades, _ = clean
     # injected lines: json.dumps style ('"lastUpdateId": N, "bids"'); the originals have no
     # space (2024) or carry "E" (2023 futures)
     plain = [ln for ln in lines if not (b'"lastUpdateId": ' in ln and b'"E"' not in ln)]
@@ -132,6 +132,8 @@ def inject(lines: list[bytes], faults) -> tuple[list[bytes], int]:
     out = list(lines)
     last = -1
     for kind, where, detail in faults:
+        if len(out) < 3:
+            break
         i = min(int(where * len(out)), len(out) - 2)
         ln = out[i]
         if kind == "drop":
@@ -157,7 +159,7 @@ def inject(lines: list[bytes], faults) -> tuple[list[bytes], int]:
                                                                   HealthCheck.too_slow])
 @given(faults=fault_list)
 def test_faults_are_harmless_or_detected_never_wrong(clean, faults):
-    lines, clean_rows, clean_trades = clean
+    lines, clean_rows, clean_trades, clean_unsynced = clean
     bad_lines, last = inject(lines, faults)
     rows, trades, rep = run(bad_lines)
     if rep is None:  # unusable input (InputError): allowed only when no usable line is left
@@ -172,10 +174,12 @@ def test_faults_are_harmless_or_detected_never_wrong(clean, faults):
     detected = (rep.bad_lines + rep.negative_sizes + rep.time_backwards + rep.stale_snapshots
                 + len([g for g in rep.gaps if g["kind"] != "out_of_range"])
                 + rep.extra.get("other_symbol", 0) + rep.extra.get("blank_lines", 0)
-                + rep.extra.get("trades_out_of_order_or_repeated", 0))
+                + rep.extra.get("trades_out_of_order_or_repeated", 0) + rep.extra.get("trade_id_gaps", 0)
+                + (rep.unsynced != clean_unsynced))
     if not truncated and not detected:
         assert len(rows) == len(clean_rows), "rows lost without any fault being reported"
-        assert trades == clean_trades, "trades lost without any fault being reported"
+        # a trade lost before the first one kept cannot be noticed (no earlier id to compare)
+        assert trades == clean_trades[len(clean_trades) - len(trades):], "trades lost unreported"
     if not truncated:
         # resynced: from the first intact injected snapshot after the faults, all clean rows are back
         later = [j for j in range(last + 2, len(bad_lines))
@@ -189,7 +193,7 @@ def test_faults_are_harmless_or_detected_never_wrong(clean, faults):
 
 def test_each_fault_kind_once(clean):
     """Deterministic companions of the property: one fault of each kind mid-file."""
-    lines, clean_rows, _ = clean
+    lines, clean_rows, _, _ = clean
     depth_idx = [i for i, ln in enumerate(lines) if b"depthUpdate" in ln]
     i = depth_idx[len(depth_idx) // 3]
     # duplicate a depth line: harmless (ignored as duplicate)
@@ -281,9 +285,11 @@ def test_truncated_gzip_keeps_the_lines_before(real_dir, tmp_path, capsys):
 def test_snapshot_older_than_buffered_updates(real_dir, tmp_path, capsys):
     lines = real_lines(real_dir)
     s, d = first_depth_after_snapshot(lines)
-    snap = lines[s]
-    moved = lines[:s] + lines[s + 1: d[30]] + [snap] + lines[d[30]:]  # arrives 30 diffs late
-    rc, out, err, store = cli(tmp_path, capsys, write_gz(tmp_path / "late.jsonl.gz", moved))
+    # the diffs up to the snapshot's lastUpdateId + 1 are missing and the snapshot line
+    # arrives after later diffs: the first buffered U > lastUpdateId + 1
+    late = [ln for i, ln in enumerate(lines[:d[5] + 1]) if b"depthUpdate" not in ln or i > s]
+    late = [ln for ln in late if ln is not lines[s]] + [lines[s]] + lines[d[5] + 1:]
+    rc, out, err, store = cli(tmp_path, capsys, write_gz(tmp_path / "late.jsonl.gz", late))
     assert rc == 0 and "snapshots older than the buffered updates" in out
     assert "older than the buffered updates" in out and load(store).T == 0
 

@@ -28,7 +28,7 @@ import gzip
 import json
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gpu_engine.data.errors import InputError
 from gpu_engine.data.feeds.events import ImportReport
@@ -138,11 +138,14 @@ def iter_lines(path, report: ImportReport) -> Iterator[tuple[int, bytes]]:
         raw.close()
 
 
-def iter_capture(paths, report: ImportReport, style: str = "stamped"
-                 ) -> Iterator[tuple[Path, int, int, object]]:
+def iter_capture(paths, report: ImportReport, style: str = "stamped",
+                 fast: Callable[[bytes], object] | None = None) -> Iterator[tuple[Path, int, int, object]]:
     """Yield (path, lineno, local_ts_ns, parsed JSON) for every usable capture line.
 
     style: 'stamped' (`<int ts> <json>`) or 'cryptofeed' (`<float s>: <json>`).
+    fast: optional `fast(payload bytes) -> object | None`; when it returns an object,
+    that is yielded instead of the parsed JSON (a reader's shortcut for messages it
+    only counts, e.g. Binance bookTicker: skips the JSON parse).
     Counts bad lines and local-stamp regressions in `report`; does not count messages
     (the reader decides what a message is).
     """
@@ -170,19 +173,21 @@ def iter_capture(paths, report: ImportReport, style: str = "stamped"
                     local_ts = int(line[:i])
                     if local_ts < 10**17:
                         local_ts = stamp_to_ns(local_ts)
-                    text = line[i + 1:].decode("utf-8")
+                    payload = line[i + 1:]
                 else:
                     parts = split(line)
                     if parts is None:
                         report.count("header_lines")
                         continue
                     local_ts, payload = parts
+                obj = None if fast is None else fast(payload)
+                if obj is None:
                     text = payload.decode("utf-8")
-                if text[:1].isspace():
-                    text = text.lstrip()
-                obj, end = _raw_decode(text)
-                if end != len(text) and text[end:].strip():
-                    raise ValueError(f"extra data after the JSON value at char {end}")
+                    if text[:1].isspace():
+                        text = text.lstrip()
+                    obj, end = _raw_decode(text)
+                    if end != len(text) and text[end:].strip():
+                        raise ValueError(f"extra data after the JSON value at char {end}")
             except (ValueError, UnicodeDecodeError) as exc:
                 report.bad_lines += 1
                 if first_bad is None:
