@@ -82,7 +82,7 @@ def test_parse_levels_validates_each_field():
     assert parse_levels([["1.5", "2", "0", "4"]]) == [(1.5, 2.0)]  # OKX-style extra columns ignored
     assert parse_levels([]) == []
     for bad in ([["abc", "1"]], [["1", "x"]], [["nan", "1"]], [["1", "inf"]], [["0", "1"]], [["-1", "1"]],
-                [["1"]], [None], "12"):
+                [["1"]], [None], "12", ["12"], [{"1": 2}]):
         with pytest.raises(LevelError) as e:
             parse_levels(bad, "b")
         assert e.value.kind == "bad_number" and "b" in str(e.value)
@@ -318,3 +318,20 @@ def test_exchange_time_small_regression_is_clamped(tmp_path):
     c.depth(12, 12, b=[(100, 4)], E=T0 + 200)   # 300 ms back: within tolerance, clamped
     rows, _, r = c.run(tmp_path)
     assert [x.ts for x in rows] == [(T0 + 500) * 1_000_000] * 2 and r.extra["ts_clamped"] == 1
+
+
+def test_snapshot_newer_than_the_book_is_held_for_the_next_gap(tmp_path):
+    c = Cap()
+    c.snapshot(10, SNAP_B, SNAP_A)
+    c.depth(11, 12, b=[(100, 3)])
+    c.snapshot(30, [(100, 7)], SNAP_A)     # a reconnect: newer than the book, held
+    c.depth(13, 14, b=[(100, 4)])          # old connection still continuous
+    c.depth(25, 31, b=[(100, 8)])          # new connection: gap, bridged by the held snapshot
+    c.depth(32, 32, b=[(99, 1)])
+    c.snapshot(40, SNAP_B, SNAP_A)         # held, then passed by the book: not needed
+    c.depth(33, 45, b=[(99, 2)])
+    rows, _, r = c.run(tmp_path)
+    assert [x.seq for x in rows] == [12, 14, 31, 32, 45]
+    assert rows[2].bid_px[0] == 100 and rows[2].bid_sz[0] == 8 and np.isnan(rows[2].bid_px[1])
+    assert len(r.gaps) == 1 and r.resyncs == 1 and r.gaps[0]["until"] == rows[2].ts
+    assert r.extra["snapshots_ignored_in_sync"] == 1

@@ -196,8 +196,9 @@ def test_symbols(tmp_path):
     rows = [inc(T0, True, "bid", 100, 2), inc(T0, True, "ask", 101, 4),
             inc(T0, True, "bid", 10, 2, sym="ETHBTC"), inc(T0, True, "ask", 11, 4, sym="ETHBTC")]
     p = write(tmp_path / "inc.csv", INC_HEAD, rows)
-    with pytest.raises(InputError, match=r"inc\.csv:4: field 'symbol': .*several symbols"):
-        run([p])
+    books, report = run([p])  # no --symbol: the first symbol seen, the others counted
+    assert len(books) == 1 and books[0].symbol == "BTCUSDT" and report.extra["other_symbol"] == 2
+    assert report.extra["exchange"] == "binance" and any("selected BTCUSDT" in n for n in report.notes)
     books, _ = run([p], symbol="ETHBTC")
     assert len(books) == 1 and books[0].bid_px[0] == 10 and books[0].symbol == "ETHBTC"
 
@@ -226,3 +227,23 @@ def test_truncated_gzip_is_counted(tmp_path):
     assert 0 < len(books) < 2000
     assert report.bad_lines == 1 and report.gaps[-1]["reason"] == "truncated file"
     assert "compressed stream broken" in report.notes[-1]
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from gpu_engine.data import books as store
+    from gpu_engine.data.__main__ import main as cli
+
+    rows = [inc(T0, True, "bid", 100, 2), inc(T0, True, "ask", 101, 4)]
+    rows += [inc(T0 + 10 * k, False, "bid", 100, k) for k in range(1, 50)]
+    trades = [f"binance,BTCUSDT,{T0 + 15},{T0 + 19},1,sell,100,0.2"]
+    b = write(tmp_path / "b.csv.gz", INC_HEAD, rows, gz=True)
+    t = write(tmp_path / "t.csv", TRADES_HEAD, trades)
+    out = tmp_path / "x.zarr"
+    assert cli(["import", str(b), str(t), "--format", "tardis-csv", "--depth", "5", "--out", str(out), "--quiet"]) == 0
+    book = store.load(out)
+    assert book.T == 50 and len(book.trades) == 1 and book.trades.side[0] == -1
+    assert book.bid_sz[-1, 0] == 49 and book.attrs["exchange"] == "binance"
+    bad = write(tmp_path / "bad.csv", "exchange,symbol,timestamp,local_timestamp,side,price", ["x,y,1,2,buy,3"])
+    assert cli(["import", str(bad), "--format", "tardis-csv", "--out", str(tmp_path / "y.zarr"), "--quiet"]) == 2
+    assert "bad.csv:1: field 'id': column missing" in capsys.readouterr().err
+    assert not (tmp_path / "y.zarr").exists()

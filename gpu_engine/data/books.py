@@ -15,7 +15,8 @@ This module owns the on-disk store too:
 * Format: a plain Zarr **v3** group (zarr-python 3 API, no consolidated metadata:
   the store is opened with `use_consolidated=False`, so no `.zmetadata` file can go
   stale). Arrays `ts`, `seq` [T] and `bid_px`, `ask_px`, `bid_sz`, `ask_sz` [T, L],
-  chunked along T only (`chunk_rows` rows a chunk, the whole depth in a chunk),
+  chunked along T only (`chunk_rows` rows a chunk, the whole depth in a chunk; a
+  store completed with fewer rows than that gets one chunk of about its size),
   Blosc zstd with byte shuffle. Optional sub-group `trades/` with `ts` int64,
   `px` float64, `qty` float64, `side` int8.
 * Attrs (group `zarr.json`): exchange, symbol, depth, tick_size, lot_size,
@@ -194,13 +195,12 @@ class BookStoreWriter:
         }
         trade_specs = {"ts": ((), np.int64, 0), "px": ((), np.float64, np.nan),
                        "qty": ((), np.float64, 0), "side": ((), np.int8, 0)}
-        self._arrays = {
-            name: self._group.create_array(name, shape=(0,) + shape, chunks=(C,) + shape, dtype=dtype,
-                                           fill_value=fill, compressors=_compressors())
-            for name, (shape, dtype, fill) in book_specs.items()
-        }
+        self._book_specs = book_specs
         self._trade_specs = trade_specs
-        self._trade_arrays = None  # created on the first trade
+        self._arrays = None        # created at the first flush (see _create)
+        self._trade_arrays = None  # created on the first trade flush
+        if self.incremental:
+            self._arrays = self._create(self._group, book_specs, C)
         self._book = _Buffer(book_specs, C)
         self._trades = _Buffer(trade_specs, C)
         self._write_attrs(complete=False)
@@ -324,8 +324,24 @@ class BookStoreWriter:
                 flush()
 
     # -- flushing
-    def _flush_book(self) -> None:
+    @staticmethod
+    def _create(group, specs: dict, chunk: int) -> dict:
+        return {name: group.create_array(name, shape=(0,) + shape, chunks=(chunk,) + shape, dtype=dtype,
+                                         fill_value=fill, compressors=_compressors())
+                for name, (shape, dtype, fill) in specs.items()}
+
+    def _chunk_for(self, buf: _Buffer, final: bool) -> int:
+        """chunk_rows, except for a store completed before its first chunk filled up: then the
+        chunk is the row count (rounded up to 1024), so a small store is not padded to a full
+        chunk_rows chunk on disk (the padding dominated small imports)."""
+        if final and not self.incremental and buf.n < self.chunk_rows:
+            return min(self.chunk_rows, max(1024, -(-buf.n // 1024) * 1024))
+        return self.chunk_rows
+
+    def _flush_book(self, final: bool = False) -> None:
         b = self._book
+        if self._arrays is None and (b.n or final):
+            self._arrays = self._create(self._group, self._book_specs, self._chunk_for(b, final))
         if b.n:
             start = self._committed_rows
             for name, arr in self._arrays.items():
@@ -336,16 +352,12 @@ class BookStoreWriter:
             if self.incremental:
                 self._write_attrs(complete=False)
 
-    def _flush_trades(self) -> None:
+    def _flush_trades(self, final: bool = False) -> None:
         b = self._trades
         if b.n:
             if self._trade_arrays is None:
-                tg = self._group.create_group("trades")
-                self._trade_arrays = {
-                    name: tg.create_array(name, shape=(0,), chunks=(self.chunk_rows,), dtype=dtype,
-                                          fill_value=fill, compressors=_compressors())
-                    for name, (_, dtype, fill) in self._trade_specs.items()
-                }
+                self._trade_arrays = self._create(self._group.create_group("trades"), self._trade_specs,
+                                                  self._chunk_for(b, final))
             start = self._committed_trades
             for name, arr in self._trade_arrays.items():
                 arr.resize((start + b.n,))
@@ -371,8 +383,8 @@ class BookStoreWriter:
         if self._closed:
             return self.path
         try:
-            self._flush_book()
-            self._flush_trades()
+            self._flush_book(final=True)
+            self._flush_trades(final=True)
             self._write_attrs(complete=True)
         except BaseException:
             self.abort()

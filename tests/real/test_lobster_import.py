@@ -147,3 +147,24 @@ def test_unpaired_or_misnamed_files_are_unusable(tmp_path, pair):
         next(lobster.read([odd], 10, None, ImportReport()))
     with pytest.raises(InputError, match="not --symbol MSFT"):
         next(lobster.read(list(pair), 10, "MSFT", ImportReport()))
+
+
+def test_cli_end_to_end(pair, tmp_path, capsys):
+    from gpu_engine.data import books as store
+    from gpu_engine.data.__main__ import main as cli
+
+    out = tmp_path / "aapl.zarr"
+    rc = cli(["import", str(pair[1]), str(pair[0]), "--format", "lobster", "--depth", "10",
+              "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert "lobster_agreement" in capsys.readouterr().out
+    book = store.load(out)
+    ob = np.loadtxt(pair[1], delimiter=",", dtype=np.int64)
+    np.testing.assert_array_equal(book.bid_px, ob[:, 2::4] / 10_000)
+    np.testing.assert_array_equal(book.ask_sz, ob[:, 1::4])
+    assert len(book.trades) == 159 and book.attrs["symbol"] == "AAPL"
+    short = tmp_path / pair[1].name
+    short.write_text("\n".join(pair[1].read_text().splitlines()[:10]))
+    rc = cli(["import", str(pair[0]), str(short), "--format", "lobster", "--out", str(tmp_path / "y.zarr"), "--quiet"])
+    assert rc == 2 and not (tmp_path / "y.zarr").exists()
+    assert "orderbook_10.csv:11" in capsys.readouterr().err

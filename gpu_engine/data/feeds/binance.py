@@ -33,7 +33,10 @@ Book sync (REFERENCE section 5), `DepthSync`:
   beyond it no row is emitted (recorded as a gap, `until` = the first row after the
   price came back; `rows_outside_snapshot_range`). A new snapshot resets the range.
 * Futures vs spot: from the presence of `pu` in the depth events.
-* Snapshot lines while in sync are not needed and are ignored (counted).
+* A snapshot line while in sync is held if it is newer than the book (a recorder
+  reconnect writes its new snapshot before the new connection's diffs): a gap before
+  the book reaches it resyncs from it at once. Otherwise it is not needed (counted
+  in `snapshots_ignored_in_sync`).
 * A file with no snapshot line yields no book rows; the summary says so.
 
 Rows: `ts` = event time `E` (ms -> ns) for spot and futures alike (futures also
@@ -162,6 +165,7 @@ class DepthSync:
         self.buffer: deque[_Event] = deque()
         self.buffer_max = buffer_max
         self.snapshots = 0
+        self.held = None           # (lastUpdateId, bids, asks, ts) of a snapshot newer than the book
         self.in_gap = False        # a gap was recorded and not resynced yet
         self.out_of_range = False  # best level beyond the snapshot's range (rows withheld)
         self.bid_floor = -math.inf
@@ -176,6 +180,10 @@ class DepthSync:
             return []
         out: list = []
         self._apply(ev, out)
+        if not self.synced and self.held is not None:
+            # the gap may be bridged by a snapshot that arrived while the book was in sync
+            held, self.held = self.held, None
+            out.extend(self.on_snapshot(*held, held_back=True))
         return out
 
     def _buffer(self, ev: _Event) -> None:
@@ -220,6 +228,9 @@ class DepthSync:
         book.update(ev.bids, ev.asks)
         self.local_id = ev.u
         self.book_ts = ev.ts
+        if self.held is not None and ev.u >= self.held[0]:
+            self.held = None  # the book got past the held snapshot: not needed
+            r.count("snapshots_ignored_in_sync")
         self.first_after_snapshot = False
         if book.crossed():
             r.crossed += 1
@@ -268,13 +279,24 @@ class DepthSync:
         if keep:
             self.buffer.append(ev)
 
-    def on_snapshot(self, last_id: int, bids, asks, ts: int | None) -> list:
-        """A depth snapshot with `lastUpdateId` = last_id; returns events to emit rows after."""
+    def on_snapshot(self, last_id: int, bids, asks, ts: int | None, held_back: bool = False) -> list:
+        """A depth snapshot with `lastUpdateId` = last_id; returns events to emit rows after.
+
+        In sync, a snapshot newer than the book is held back (the updates up to it are
+        still to come): if a gap follows before the book reaches it, the resync uses it
+        at once (as after a recorder reconnect, whose new snapshot line can precede the
+        first diff of the new connection). Older or equal ones are not needed (counted).
+        """
         r = self.report
-        self.snapshots += 1
+        if not held_back:
+            self.snapshots += 1
         if self.synced:
-            r.count("snapshots_ignored_in_sync")
+            if last_id > self.local_id:
+                self.held = (last_id, bids, asks, ts)
+            else:
+                r.count("snapshots_ignored_in_sync")
             return []
+        self.held = None
         futures = bool(self.futures)
         drop = 0
         buf = self.buffer
@@ -421,23 +443,28 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                 if s != chosen:
                     report.count("other_symbol")
                     continue
-                U = _int(data, "U")
-                u = _int(data, "u")
+                U = data.get("U")
+                u = data.get("u")
                 pu = data.get("pu")
-                if pu is not None and type(pu) is not int:
-                    raise _Bad("bad_lines", f"field 'pu': not an integer ({pu!r})")
+                if type(U) is not int or type(u) is not int or (pu is not None and type(pu) is not int):
+                    raise _Bad("bad_lines", f"update ids not integers (U={U!r}, u={u!r}, pu={pu!r})")
                 if U > u:
                     raise _Bad("bad_lines", f"first update id U={U} > final u={u}")
                 fut = pu is not None
-                if sync.futures is None:
-                    sync.futures = fut
-                    market = ("coinm" if "_" in s else "usdm") if fut else "spot"
-                    report.extra.setdefault("market", market)
-                elif sync.futures != fut:
-                    raise _Bad("bad_lines", "depthUpdate shape differs from the stream's (pu present/absent)")
+                if sync.futures is not fut:
+                    if sync.futures is None:
+                        sync.futures = fut
+                        report.extra.setdefault("market", ("coinm" if "_" in s else "usdm") if fut else "spot")
+                    else:
+                        raise _Bad("bad_lines", "depthUpdate shape differs from the stream's (pu present/absent)")
                 try:
                     ts = depth_clock.check(_int(data, "E") * 1_000_000, local)
-                    ev = _Event(U, u, pu, ts, local, _levels(data, "b"), _levels(data, "a"))
+                    try:
+                        ev = _Event(U, u, pu, ts, local, parse_levels(data["b"], "b"), parse_levels(data["a"], "a"))
+                    except LevelError as exc:
+                        raise _Bad("negative_sizes" if exc.kind == "negative_size" else "bad_lines", str(exc)) from None
+                    except KeyError as exc:
+                        raise _Bad("bad_lines", f"field {exc.args[0]!r} missing") from None
                 except _Bad as exc:
                     sync.refuse(U, u, local, str(exc))
                     raise

@@ -27,12 +27,17 @@ class LevelError(ValueError):
         self.kind = kind
 
 
+_PAIR_TYPES = frozenset({list, tuple})
+
+
 def parse_levels(levels, field: str = "levels") -> list[tuple[float, float]]:
     """`[[price, size, ...], ...]` (strings or numbers) -> [(price, size)] floats, validated.
 
     Raises LevelError('bad_number') for a non-number / non-finite / non-positive price
     or a non-number size, LevelError('negative_size') for a size < 0.
     """
+    if type(levels) is not list or not _PAIR_TYPES.issuperset(map(type, levels)):
+        raise LevelError("bad_number", f"{field}: not a list of [price, size] lists")
     try:
         ps = [float(lv[0]) for lv in levels]
         qs = [float(lv[1]) for lv in levels]
@@ -150,21 +155,21 @@ class PriceLevelBook:
         """(bid_px f64[L], ask_px f64[L], bid_sz f32[L], ask_sz f32[L]); absent levels NaN / 0."""
         bk = self._bk[:L]
         ak = self._ak[:L]
-        nb, na = len(bk), len(ak)
-        bid_px = np.full(L, np.nan)
-        ask_px = np.full(L, np.nan)
-        bid_sz = np.zeros(L, np.float32)
-        ask_sz = np.zeros(L, np.float32)
-        if nb:
-            b = self.bids
-            bid_px[:nb] = bk
-            np.negative(bid_px[:nb], out=bid_px[:nb])
-            bid_sz[:nb] = [b[-k] for k in bk]
-        if na:
-            a = self.asks
-            ask_px[:na] = ak
-            ask_sz[:na] = [a[k] for k in ak]
-        return bid_px, ask_px, bid_sz, ask_sz
+        b = self.bids
+        a = self.asks
+        bs = [b[-k] for k in bk]
+        as_ = [a[k] for k in ak]
+        if len(bk) < L:
+            pad = L - len(bk)
+            bk = bk + [math.nan] * pad
+            bs = bs + [0.0] * pad
+        if len(ak) < L:
+            pad = L - len(ak)
+            ak = ak + [math.nan] * pad
+            as_ = as_ + [0.0] * pad
+        bid_px = np.array(bk)
+        np.negative(bid_px, out=bid_px)
+        return bid_px, np.array(ak), np.array(bs, np.float32), np.array(as_, np.float32)
 
     def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Every level, best first: ([(bid px, size)...], [(ask px, size)...])."""

@@ -39,6 +39,7 @@ import numpy as np
 
 from gpu_engine.data.errors import InputError
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.feeds.jsonl import iter_lines
 
 PRICE_SCALE = 10_000.0
 DUMMY_ASK = 9_999_999_999
@@ -85,13 +86,7 @@ def _pairs(paths: list[Path]) -> list[tuple[Path, Path, re.Match]]:
 
 
 def _count_rows(path: Path) -> int:
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")  # the last line may lack its newline
+    return sum(1 for _ in iter_lines(path, ImportReport()))
 
 
 def _midnight_utc_ns(date: str) -> int:
@@ -195,55 +190,57 @@ def read(paths: list[Path], depth: int, symbol: str | None,
         n = min(levels, depth)
         last_ts = None
         prev_ob: list[int] | None = None
-        with open(msg_path) as fm, open(ob_path) as fo:
-            for lineno, (mline, oline) in enumerate(zip(fm, fo), start=1):
-                report.messages += 1
-                try:
-                    m = mline.strip().split(",")
-                    if len(m) < 6:
-                        raise ValueError("message row needs 6 columns")
-                    ts = base_ns + seconds_to_ns(m[0])
-                    kind, size, price, direction = int(m[1]), int(m[3]), int(m[4]), int(m[5])
-                    if size < 0:
-                        raise _NegativeSize("negative size")
-                    ob = [int(v) for v in oline.strip().split(",")]
-                    if len(ob) != 4 * levels:
-                        raise ValueError(f"orderbook row needs {4 * levels} columns")
-                    ask_px, ask_sz = _book_side(ob, 0, levels, DUMMY_ASK)
-                    bid_px, bid_sz = _book_side(ob, 2, levels, DUMMY_BID)
-                except _NegativeSize:
-                    report.negative_sizes += 1
-                    prev_ob = None
-                    continue
-                except ValueError as exc:
+        report.symbol = ticker
+        report.extra.setdefault("exchange", "nasdaq")
+        report.extra.setdefault("tick_size", 0.01)
+        for (lineno, mline), (_, oline) in zip(iter_lines(msg_path, report), iter_lines(ob_path, report)):
+            report.messages += 1
+            try:
+                m = mline.decode("ascii").strip().split(",")
+                if len(m) < 6:
+                    raise ValueError("message row needs 6 columns")
+                ts = base_ns + seconds_to_ns(m[0])
+                kind, size, price, direction = int(m[1]), int(m[3]), int(m[4]), int(m[5])
+                if size < 0:
+                    raise _NegativeSize("negative size")
+                ob = [int(v) for v in oline.decode("ascii").strip().split(",")]
+                if len(ob) != 4 * levels:
+                    raise ValueError(f"orderbook row needs {4 * levels} columns")
+                ask_px, ask_sz = _book_side(ob, 0, levels, DUMMY_ASK)
+                bid_px, bid_sz = _book_side(ob, 2, levels, DUMMY_BID)
+            except _NegativeSize:
+                report.negative_sizes += 1
+                prev_ob = None
+                continue
+            except (ValueError, UnicodeDecodeError) as exc:
+                report.bad_lines += 1
+                if len(report.notes) < 20:
+                    report.notes.append(f"{msg_path.name}:{lineno}: {exc}")
+                prev_ob = None
+                continue
+            if kind in (1, 2, 3, 4) and prev_ob is not None:
+                checked += 1
+                agreed += _agrees(kind, size, price, direction, prev_ob, ob, levels)
+            prev_ob = ob
+            if last_ts is not None and ts < last_ts:
+                report.time_backwards += 1
+                continue
+            last_ts = ts
+            report.see_ts(ts)
+            if kind in (4, 5):
+                if direction not in (1, -1):
                     report.bad_lines += 1
-                    if len(report.notes) < 20:
-                        report.notes.append(f"{msg_path.name}:{lineno}: {exc}")
-                    prev_ob = None
-                    continue
-                if kind in (1, 2, 3, 4) and prev_ob is not None:
-                    checked += 1
-                    agreed += _agrees(kind, size, price, direction, prev_ob, ob, levels)
-                prev_ob = ob
-                if last_ts is not None and ts < last_ts:
-                    report.time_backwards += 1
-                    continue
-                last_ts = ts
-                report.see_ts(ts)
-                if kind in (4, 5):
-                    if direction not in (1, -1):
-                        report.bad_lines += 1
-                    else:
-                        yield TradeRow(ts, price / PRICE_SCALE, float(size), -direction, ticker)
-                elif kind not in (1, 2, 3, 6, 7):
-                    report.extra["lobster_unknown_types"] = report.extra.get("lobster_unknown_types", 0) + 1
-                if bid_sz[0] > 0 and ask_sz[0] > 0 and bid_px[0] >= ask_px[0]:
-                    report.crossed += 1
-                    continue
-                out = [np.full(depth, np.nan), np.full(depth, np.nan),
-                       np.zeros(depth), np.zeros(depth)]
-                out[0][:n], out[1][:n], out[2][:n], out[3][:n] = bid_px[:n], ask_px[:n], bid_sz[:n], ask_sz[:n]
-                yield BookRow(ts, -1, out[0], out[1], out[2], out[3], -1, ticker)
+                else:
+                    yield TradeRow(ts, price / PRICE_SCALE, float(size), -direction, ticker)
+            elif kind not in (1, 2, 3, 6, 7):
+                report.extra["lobster_unknown_types"] = report.extra.get("lobster_unknown_types", 0) + 1
+            if bid_sz[0] > 0 and ask_sz[0] > 0 and bid_px[0] >= ask_px[0]:
+                report.crossed += 1
+                continue
+            out = [np.full(depth, np.nan), np.full(depth, np.nan),
+                   np.zeros(depth), np.zeros(depth)]
+            out[0][:n], out[1][:n], out[2][:n], out[3][:n] = bid_px[:n], ask_px[:n], bid_sz[:n], ask_sz[:n]
+            yield BookRow(ts, -1, out[0], out[1], out[2], out[3], -1, ticker)
     report.extra["lobster_checked"] = checked
     report.extra["lobster_agreed"] = agreed
     report.extra["lobster_agreement"] = agreed / checked if checked else float("nan")

@@ -18,14 +18,16 @@ book is cleared and rebuilt (a resync, recorded as a gap). A malformed level row
 message (non-number, unknown side, negative amount) leaves the book unknown: it is counted
 and no rows are emitted until the next snapshot. Trades: `side` is the aggressor
 (buy -> +1, sell -> -1); `unknown` trades are skipped and counted in
-report.extra["tardis_unknown_side"]. A crossed book is counted and its row not emitted.
+report.extra["tardis_unknown_side"]. A crossed/locked book is counted and no row is
+emitted while it stays crossed (Tardis has no sequence numbers to prove a gap, and
+some venues' recorded books cross transiently).
 
 Ordering: exchange timestamps may jitter backwards; a step back of at most
 TS_JITTER_NS is emitted at the previous row's time (the store needs non-decreasing ts),
 a larger one is counted in `time_backwards` and that row is not emitted. Several files
 are read in time order (by their first timestamp) and book rows and trades are merged
-by ts. A file with missing columns, an unknown header, mixed book-file kinds, or (without
---symbol) more than one symbol raises InputError.
+by ts. Without --symbol the first symbol seen is selected (others counted). A file with
+missing columns, an unknown header, or mixed book-file kinds raises InputError.
 """
 from __future__ import annotations
 
@@ -123,25 +125,24 @@ class _Clock:
 
 
 class _Symbol:
-    """The one symbol a stream is for: --symbol, or the first one seen (a second one is an error)."""
+    """The one symbol a stream is for: --symbol, or else the first one seen (noted);
+    rows of any other symbol are skipped and counted in extra["other_symbol"]."""
 
     def __init__(self, symbol: str | None, report: ImportReport):
-        self.want = symbol
-        self.seen: str | None = None
+        self.want = symbol.upper() if symbol else None
         self.report = report
 
     def keep(self, f: list[str], i_sym: int, path: Path, line: int) -> bool:
         sym = f[i_sym]
-        if self.report.symbol is None and (self.want is None or sym.upper() == self.want.upper()):
-            self.report.symbol = self.want or sym
-            self.report.extra.setdefault("exchange", f[0])  # `exchange` is the first column
-        if self.want is not None:
-            return sym.upper() == self.want.upper()
-        if self.seen is None:
-            self.seen = sym
-        elif sym != self.seen:
-            raise InputError.at(path, line, "symbol", f"file holds several symbols ({self.seen}, {sym}): "
-                                "choose one with --symbol")
+        if self.want is None:
+            self.want = sym.upper()
+            self.report.note(f"no --symbol given: selected {sym}, the first symbol seen")
+        if sym.upper() != self.want:
+            self.report.count("other_symbol")
+            return False
+        if "exchange" not in self.report.extra:
+            self.report.symbol = sym
+            self.report.extra["exchange"] = f[0]  # `exchange` is the first column
         return True
 
 
@@ -177,7 +178,7 @@ def _read_incremental(path, header, depth, pick, report, clock) -> Iterator[Book
             return None
         bid_px, ask_px, bid_sz, ask_sz = book.top(depth)
         report.see_ts(ts)
-        return BookRow(ts, -1, bid_px, ask_px, bid_sz, ask_sz, group_local, pick.want or pick.seen or "")
+        return BookRow(ts, -1, bid_px, ask_px, bid_sz, ask_sz, group_local, pick.want)
 
     def lose(ts, reason, line):  # the book is unknown from here to the next snapshot
         nonlocal synced, open_gap
@@ -293,7 +294,7 @@ def _read_snapshots(path, header, levels, depth, pick, report, clock) -> Iterato
         report.see_ts(ts)
         bp, bs = _pad(bid_px, bid_sz, depth)
         ap, as_ = _pad(ask_px, ask_sz, depth)
-        yield BookRow(ts, -1, bp, ap, bs, as_, local, pick.want or pick.seen or "")
+        yield BookRow(ts, -1, bp, ap, bs, as_, local, pick.want)
 
 
 def _read_trades(path, header, pick, report, clock) -> Iterator[TradeRow]:
@@ -325,7 +326,7 @@ def _read_trades(path, header, pick, report, clock) -> Iterator[TradeRow]:
         if ts is None:
             continue
         report.see_ts(ts)
-        yield TradeRow(ts, px, amt, 1 if side == "buy" else -1, pick.want or pick.seen or "")
+        yield TradeRow(ts, px, amt, 1 if side == "buy" else -1, pick.want)
 
 
 def _first_ts(path: Path, header: list[str]) -> int:

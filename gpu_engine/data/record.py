@@ -1,0 +1,700 @@
+"""`python -m gpu_engine.data record`: live Binance WebSocket order book -> book store (+ raw capture).
+
+Owns the live plumbing only: WebSocket (`websockets`) and REST (`httpx`) clients,
+reconnects with exponential backoff + jitter, signal handling, flushing, the raw
+capture writer and the status line. Book maintenance and parsing are NOT here:
+every frame becomes exactly the capture line the importer reads (`<local_ts_ns>
+<json>`, the REST snapshot as its own line) and is fed, in that order, through the
+importer's own reader (`gpu_engine.data.feeds.binance.read` with its `DepthSync`).
+So a recording equals the import of its own `--raw` capture by construction, and
+the rows go to the shared `BookStoreWriter` (incremental: every flushed row is
+readable after a `kill -9`).
+
+Sync (REFERENCE section 5): subscribe to `<sym>@depth@100ms`, `<sym>@trade`,
+`<sym>@bookTicker` on the combined-stream endpoint; when the reader holds
+buffered diffs and no book (start, or after a gap it detected), GET a REST
+snapshot and feed it; a stale snapshot (older than the buffered diffs) is
+refused by the reader and fetched again. A dropped connection is logged,
+recorded in the store's gaps (kind `disconnect`) and reconnected with backoff;
+if diffs were lost meanwhile, the reader sees the id gap and a fresh snapshot
+resyncs the book (a reconnect that lost nothing keeps a provably continuous book).
+
+Bad input: non-JSON frames, unknown streams or message types (logged, counted,
+not written to the capture), an exchange error message (logged, reconnect with
+backoff), HTTP 429/5xx or an unreadable snapshot (logged, retried with backoff,
+honouring Retry-After). Invalid symbol or unreachable endpoint at start:
+`InputError` -> one line, exit 2.
+
+`--clock server` stamps receive times on the exchange's clock (wall clock plus
+the offset to `serverTime` measured once at start): for re-recording an old
+capture through `gpu_engine.testing.fake_exchange`, whose messages carry their
+original (e.g. 2024) times, which the reader would otherwise refuse as a day off.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import inspect
+import json
+import logging
+import math
+import os
+import queue
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gpu_engine.data.errors import InputError
+
+log = logging.getLogger("gpu_engine.data.record")
+
+EXCHANGES = {
+    "binance": {"ws": "wss://stream.binance.com:9443", "rest": "https://api.binance.com",
+                "depth_path": "/api/v3/depth", "info_path": "/api/v3/exchangeInfo", "limit": 1000},
+    "binance-usdm": {"ws": "wss://fstream.binance.com", "rest": "https://fapi.binance.com",
+                     "depth_path": "/fapi/v1/depth", "info_path": "/fapi/v1/exchangeInfo", "limit": 1000},
+}
+SYMBOL_RE = re.compile(r"^[A-Za-z0-9_\-]{2,30}$")
+
+
+def parse_duration(text: str) -> float:
+    """'1h', '30m', '90s', '1.5h', '2d' or plain seconds -> seconds (> 0)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise InputError(f"--duration: not a duration {text!r} (e.g. 90s, 30m, 1h)")
+    v = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if v <= 0:
+        raise InputError(f"--duration must be > 0, got {text!r}")
+    return v
+
+
+class Backoff:
+    """Exponential backoff with jitter: delay n = uniform(0.5, 1) * min(cap, base * 2**n)."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None):
+        self.base, self.cap = float(base), float(cap)
+        self.n = 0
+        self.rng = rng or random.Random()
+
+    def next(self, at_least: float = 0.0) -> float:
+        d = min(self.cap, self.base * (2 ** min(self.n, 30)))
+        self.n += 1
+        return max(min(at_least, self.cap), d * self.rng.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class RawCapture:
+    """`<local_ts_ns> <json>` lines, gzip when the name ends in .gz. Flushed with the store
+    (gzip sync flush: everything flushed decompresses even if the process dies later)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if self.path.exists():
+            raise InputError(f"{self.path}: raw capture already exists (refusing to overwrite)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = (gzip.open(self.path, "wb", compresslevel=6) if self.path.suffix == ".gz"
+                    else open(self.path, "wb"))
+        self.lines = 0
+
+    def write(self, local_ts: int, text: str) -> None:
+        self._fh.write(b"%d %s\n" % (local_ts, text.encode("utf-8")))
+        self.lines += 1
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+# ----------------------------------------------------------------------------- the importer's reader, live
+
+_LINE_DONE = object()
+_READER_END = object()
+
+
+class _LiveSource:
+    """What `binance.read` iterates instead of a file: lines pushed one at a time (worker thread)."""
+
+    path = Path("<live>")
+
+    def __init__(self):
+        self.inq: queue.SimpleQueue = queue.SimpleQueue()
+        self.outq: queue.SimpleQueue = queue.SimpleQueue()
+
+    def __fspath__(self) -> str:  # never opened: only lets Path-minded code name it
+        return "<live>"
+
+    def lines(self):
+        lineno = 0
+        while True:
+            self.outq.put(_LINE_DONE)  # every row of the previous line has been yielded
+            item = self.inq.get()
+            if item is None:
+                return
+            lineno += 1
+            yield self.path, lineno, item[0], item[1]
+
+
+def _install_live_dispatch(module) -> None:
+    """Let `module.read` iterate a `_LiveSource` where it would call `iter_capture(paths)`.
+    Other paths go to the original function unchanged (the importer is not affected)."""
+    cur = module.iter_capture
+    if getattr(cur, "_live_dispatch", False):
+        return
+
+    def iter_capture(paths, report, style="stamped", fast=None):
+        if len(paths) == 1 and isinstance(paths[0], _LiveSource):
+            return paths[0].lines()
+        return cur(paths, report, style, fast)
+
+    iter_capture._live_dispatch = True
+    module.iter_capture = iter_capture
+
+
+class LiveReader:
+    """Drives the importer's generator `read(paths, depth, symbol, report, sync=...)` one line at a
+    time, in a worker thread, in lockstep: `feed(local_ts, obj)` returns the rows that line made."""
+
+    def __init__(self, module, depth: int, symbol: str):
+        from gpu_engine.data.feeds.events import ImportReport
+
+        self.module = module
+        self.report = ImportReport()
+        self.sync = module.DepthSync(self.report, depth)
+        self._src = _LiveSource()
+        kwargs = {"sync": self.sync}
+        if "lines" in inspect.signature(module.read).parameters:
+            kwargs["lines"] = self._src.lines()
+            paths = []
+        else:
+            _install_live_dispatch(module)
+            paths = [self._src]
+        self._gen = module.read(paths, depth, symbol, self.report, **kwargs)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="live-reader", daemon=True)
+        self._thread.start()
+        self._expect_done()
+
+    def _work(self) -> None:
+        try:
+            for row in self._gen:
+                self._src.outq.put(row)
+        except BaseException as exc:  # surfaced in feed()
+            self._error = exc
+        self._src.outq.put(_READER_END)
+
+    def _expect_done(self) -> list:
+        rows = []
+        while True:
+            item = self._src.outq.get()
+            if item is _LINE_DONE:
+                return rows
+            if item is _READER_END:
+                raise RuntimeError(f"live reader stopped: {self._error!r}")
+            rows.append(item)
+
+    def feed(self, local_ts: int, obj) -> list:
+        self._src.inq.put((local_ts, obj))
+        return self._expect_done()
+
+    def close(self) -> None:
+        self._src.inq.put(None)
+        self._thread.join(10)
+
+    def needs_snapshot(self) -> bool:
+        """Diffs are buffered and there is no book: a REST snapshot is wanted."""
+        return not self.sync.synced and bool(self.sync.buffer)
+
+
+# ----------------------------------------------------------------------------- the recorder
+
+class _ExchangeError(Exception):
+    """The exchange sent an error message on the stream: reconnect with backoff."""
+
+
+@dataclass
+class RecordConfig:
+    exchange: str
+    symbol: str
+    out: Path
+    depth: int = 20
+    duration: float | None = None
+    raw: Path | None = None
+    ws_url: str | None = None
+    rest_url: str | None = None
+    flush_seconds: float = 5.0
+    flush_rows: int = 10_000
+    status_seconds: float = 5.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    clock: str = "local"
+    chunk_rows: int = 16_384
+
+
+@dataclass
+class RecordStats:
+    frames: int = 0
+    conn_frames: int = 0       # frames on the current connection
+    messages: int = 0          # frames fed to the reader
+    bad_frames: int = 0        # non-JSON / not an object
+    unknown: int = 0           # unknown stream or message type
+    exchange_errors: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    snapshots: int = 0         # snapshot lines fed
+    snapshot_failures: int = 0
+    rows: int = 0
+    trades: int = 0
+    refused_rows: int = 0
+    flushed_rows: int = 0
+    lag_ms: float = math.nan   # local receive - exchange event time (last depth/trade)
+    log_lines: list = field(default_factory=list)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+class Recorder:
+    """One recording session. `await run()`; `request_stop()` from anywhere (thread-safe)."""
+
+    def __init__(self, cfg: RecordConfig):
+        if cfg.exchange not in EXCHANGES:
+            raise InputError(f"--exchange {cfg.exchange}: not supported by this recorder "
+                             f"(supported: {', '.join(EXCHANGES)})")
+        if not SYMBOL_RE.match(cfg.symbol):
+            raise InputError(f"--symbol {cfg.symbol!r}: not a symbol")
+        if cfg.depth < 1:
+            raise InputError(f"--depth must be >= 1, got {cfg.depth}")
+        self.cfg = cfg
+        ex = EXCHANGES[cfg.exchange]
+        self.ex = ex
+        self.symbol = cfg.symbol.upper()
+        self.ws_base = (cfg.ws_url or ex["ws"]).rstrip("/")
+        self.rest_base = (cfg.rest_url or ex["rest"]).rstrip("/")
+        s = self.symbol.lower()
+        self.streams = (f"{s}@depth@100ms", f"{s}@trade", f"{s}@bookTicker")
+        self.stats = RecordStats()
+        self.disconnect_gaps: list[dict] = []
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock_offset = 0
+        self._last_flush = time.monotonic()
+        self._last_status = time.monotonic()
+        self._status_msgs = 0
+        self._tty = sys.stderr.isatty()
+        self.reader: LiveReader | None = None
+        self.writer = None
+        self.raw: RawCapture | None = None
+        self.attrs: dict = {}
+
+    # -- control
+    def request_stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def now_ns(self) -> int:
+        return time.time_ns() + self._clock_offset
+
+    def _log(self, level: int, msg: str) -> None:
+        log.log(level, msg)
+
+    # -- main
+    async def run(self) -> int:
+        import httpx
+
+        from gpu_engine.data.books import BookStoreWriter
+        from gpu_engine.data.feeds import binance
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests call request_stop instead)
+        deadline = None if self.cfg.duration is None else time.monotonic() + self.cfg.duration
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=not _is_loopback(self.rest_base),
+                                     headers={"User-Agent": "gpu-engine-recorder"}) as http:
+            info = await self._startup_check(http)
+            self.attrs = {
+                "exchange": self.cfg.exchange, "symbol": self.symbol, "format": "binance-jsonl",
+                "tick_size": info.get("tick_size"), "lot_size": info.get("lot_size"),
+                "source": [{"recorder": self.ws_base + "/stream", "rest": self.rest_base, "streams": list(self.streams),
+                            "started_ns": time.time_ns()}],
+                "clock": self.cfg.clock,
+            }
+            self.raw = RawCapture(self.cfg.raw) if self.cfg.raw else None
+            try:
+                self.writer = BookStoreWriter(self.cfg.out, self.cfg.depth, dict(self.attrs),
+                                              chunk_rows=self.cfg.chunk_rows, incremental=True)
+            except FileExistsError as exc:
+                if self.raw is not None:
+                    self.raw.close()
+                    os.unlink(self.raw.path)
+                raise InputError(str(exc)) from None
+            self.reader = LiveReader(binance, self.cfg.depth, self.symbol)
+            try:
+                await self._loop_sessions(http, deadline)
+            finally:
+                self._finish()
+        return 0
+
+    async def _startup_check(self, http) -> dict:
+        """Symbol valid and endpoints reachable, else InputError (exit 2)."""
+        import httpx
+
+        url = self.rest_base + self.ex["info_path"]
+        try:
+            r = await http.get(url, params={"symbol": self.symbol})
+        except httpx.HTTPError as exc:
+            raise InputError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+        body = _json_or_none(r)
+        if r.status_code == 400 and isinstance(body, dict) and body.get("code") == -1121:
+            raise InputError(f"invalid symbol {self.symbol!r} on {self.cfg.exchange}: {body.get('msg')}")
+        if r.status_code != 200 or not isinstance(body, dict):
+            raise InputError(f"{url}: HTTP {r.status_code} at start: {r.text[:200]!r}")
+        out = {}
+        for sym in body.get("symbols") or []:
+            if sym.get("symbol") == self.symbol:
+                for f in sym.get("filters") or []:
+                    if f.get("filterType") == "PRICE_FILTER":
+                        out["tick_size"] = _float(f.get("tickSize"))
+                    elif f.get("filterType") == "LOT_SIZE":
+                        out["lot_size"] = _float(f.get("stepSize"))
+        if self.cfg.clock == "server" and isinstance(body.get("serverTime"), int):
+            self._clock_offset = body["serverTime"] * 1_000_000 - time.time_ns()
+        return out
+
+    async def _loop_sessions(self, http, deadline) -> None:
+        backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_max)
+        self._backoff = backoff
+        first = True
+        while not self.stopping:
+            reason = None
+            try:
+                await self._session(http, deadline, first)
+                return  # stop or deadline
+            except _ExchangeError as exc:
+                reason = f"exchange error: {exc}"
+            except InputError:
+                raise
+            except Exception as exc:  # connection dropped, refused, timed out, protocol error
+                if first and self.stats.connects == 0:
+                    raise InputError(f"cannot connect to {self.ws_url()}: {type(exc).__name__}: {exc}") from None
+                reason = f"connection lost: {type(exc).__name__}: {exc}"
+            first = False
+            self.stats.disconnects += 1
+            t = self._last_ts()
+            self.disconnect_gaps.append({"time": t, "reason": reason, "kind": "disconnect",
+                                         "seq": self.reader.sync.local_id, "local_ns": self.now_ns()})
+            delay = backoff.next()
+            self._log(logging.WARNING, f"{reason}; reconnecting in {delay:.2f} s")
+            self._maybe_flush(force=True)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def ws_url(self) -> str:
+        return f"{self.ws_base}/stream?streams={'/'.join(self.streams)}"
+
+    def _last_ts(self) -> int:
+        bt = self.reader.sync.book_ts if self.reader is not None else None
+        return int(bt) if bt is not None else self.now_ns()
+
+    async def _session(self, http, deadline, first: bool) -> None:
+        from websockets.asyncio.client import connect
+
+        url = self.ws_url()
+        async with connect(url, proxy=None if _is_loopback(url) else True, max_size=None, open_timeout=10,
+                           ping_interval=20, ping_timeout=20, close_timeout=2) as ws:
+            self.stats.connects += 1
+            self.stats.conn_frames = 0
+            self._log(logging.INFO, f"connected to {url}")
+            snap_task: asyncio.Task | None = None
+            snap_backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_max)
+            recv = asyncio.ensure_future(ws.recv())
+            try:
+                while True:
+                    if self.stopping or (deadline is not None and time.monotonic() >= deadline):
+                        return
+                    waits = [recv] if snap_task is None else [recv, snap_task]
+                    done, _ = await asyncio.wait(waits, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                    if snap_task is not None and snap_task in done:
+                        line = snap_task.result()
+                        snap_task = None
+                        if line is not None:
+                            self._feed_line(*line)
+                            if self.reader.sync.synced:
+                                snap_backoff.reset()
+                                self._backoff.reset()
+                    if recv in done:
+                        frame = recv.result()  # raises ConnectionClosed on a dropped connection
+                        recv = asyncio.ensure_future(ws.recv())
+                        self._on_frame(frame)
+                    if snap_task is None and self.reader.needs_snapshot():
+                        delay = 0.0 if snap_backoff.n == 0 else snap_backoff.next()
+                        if snap_backoff.n == 0:
+                            snap_backoff.n = 1  # the next refusal (stale snapshot) backs off
+                        snap_task = asyncio.ensure_future(self._fetch_snapshot(http, delay))
+                    self._maybe_flush()
+                    self._maybe_status()
+            finally:
+                for t in (recv, snap_task):
+                    if t is not None and not t.done():
+                        t.cancel()
+                        try:
+                            await t
+                        except BaseException:
+                            pass
+
+    # -- frames
+    def _on_frame(self, frame) -> None:
+        local = self.now_ns()
+        self.stats.frames += 1
+        self.stats.conn_frames += 1
+        self._status_msgs += 1
+        text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            self.stats.bad_frames += 1
+            self._log_limited(f"non-JSON frame ignored ({exc}): {text[:80]!r}")
+            return
+        if not isinstance(obj, dict):
+            self.stats.bad_frames += 1
+            self._log_limited(f"frame is not a JSON object, ignored: {text[:80]!r}")
+            return
+        if "stream" in obj:
+            stream = obj.get("stream")
+            if stream not in self.streams or not isinstance(obj.get("data"), dict):
+                self.stats.unknown += 1
+                self._log_limited(f"unknown stream or message ignored: {text[:80]!r}")
+                return
+            data = obj["data"]
+            e = data.get("E", data.get("T"))
+            if isinstance(e, int) and data.get("e") in ("depthUpdate", "trade"):
+                self.stats.lag_ms = (local - e * 1_000_000) / 1e6
+            if "\n" in text:
+                text = json.dumps(obj, separators=(",", ":"))
+            self._feed_line(local, text, obj)
+            return
+        if "error" in obj or ("code" in obj and "msg" in obj):
+            self.stats.exchange_errors += 1
+            err = obj.get("error", obj)
+            raise _ExchangeError(json.dumps(err)[:200])
+        if "result" in obj and "id" in obj:
+            return  # a subscription acknowledgement
+        self.stats.unknown += 1
+        self._log_limited(f"unknown message type ignored: {text[:80]!r}")
+
+    def _log_limited(self, msg: str) -> None:
+        n = self.stats.bad_frames + self.stats.unknown
+        if n <= 20 or n % 1000 == 0:
+            self._log(logging.WARNING, msg + ("" if n < 20 else f" (#{n}; further ones logged every 1000th)"))
+
+    def _feed_line(self, local: int, text: str, obj=None) -> None:
+        """Write the capture line, then feed it to the reader; rows -> the store."""
+        if obj is None:
+            obj = json.loads(text)
+        if self.raw is not None:
+            self.raw.write(local, text)
+        self.stats.messages += 1
+        n_gaps = len(self.reader.report.gaps)
+        rows = self.reader.feed(local, obj)
+        w = self.writer
+        for row in rows:
+            try:
+                if hasattr(row, "bid_px"):
+                    w.append_row(row)
+                    self.stats.rows += 1
+                else:
+                    w.append_trade(row)
+                    self.stats.trades += 1
+            except ValueError as exc:  # out-of-order time: never corrupt the store
+                self.stats.refused_rows += 1
+                self._log(logging.WARNING, f"row refused by the store: {exc}")
+        gaps = self.reader.report.gaps
+        for g in gaps[n_gaps:]:
+            self._log(logging.WARNING, f"gap at seq {g.get('seq')}: {g.get('reason')}; resyncing from a new snapshot")
+
+    async def _fetch_snapshot(self, http, delay: float):
+        """GET the REST snapshot (with backoff on 429/5xx/network/garbage). Returns (local, text) or None."""
+        import httpx
+
+        if delay > 0:
+            await asyncio.sleep(delay)
+        url = self.rest_base + self.ex["depth_path"]
+        params = {"symbol": self.symbol, "limit": self.ex["limit"]}
+        backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_max)
+        while not self.stopping:
+            retry_after = 0.0
+            try:
+                r = await http.get(url, params=params)
+                local = self.now_ns()
+                body = _json_or_none(r)
+                if r.status_code == 200 and isinstance(body, dict) and isinstance(body.get("lastUpdateId"), int):
+                    self.stats.snapshots += 1
+                    text = r.text.strip()
+                    if "\n" in text:
+                        text = json.dumps(body, separators=(",", ":"))
+                    return local, text
+                if r.status_code == 400 and isinstance(body, dict) and body.get("code") == -1121:
+                    raise _ExchangeError(f"snapshot: invalid symbol {self.symbol}: {body.get('msg')}")
+                why = f"HTTP {r.status_code}" + (f" {body.get('msg')}" if isinstance(body, dict) else
+                                                 f" {r.text[:80]!r}")
+                retry_after = _float(r.headers.get("Retry-After")) or 0.0
+                if r.status_code in (418, 429):
+                    why += " (rate limited)"
+            except httpx.HTTPError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            self.stats.snapshot_failures += 1
+            d = backoff.next(at_least=retry_after)
+            self._log(logging.WARNING, f"snapshot {url} failed: {why}; retrying in {d:.2f} s")
+            await asyncio.sleep(d)
+        return None
+
+    # -- flush / status / finish
+    def _gaps(self) -> list[dict]:
+        gaps = [dict(g) for g in self.reader.report.gaps] + [dict(g) for g in self.disconnect_gaps]
+        gaps.sort(key=lambda g: (g.get("time") or 0))
+        return gaps
+
+    def _counters(self) -> dict:
+        s = self.stats
+        r = self.reader.report
+        return {"frames": s.frames, "messages": s.messages, "bad_frames": s.bad_frames, "unknown": s.unknown,
+                "exchange_errors": s.exchange_errors, "connects": s.connects, "disconnects": s.disconnects,
+                "snapshots": s.snapshots, "snapshot_failures": s.snapshot_failures, "rows": s.rows,
+                "trades": s.trades, "refused_rows": s.refused_rows, "gaps": len(r.gaps), "resyncs": r.resyncs,
+                "stale_snapshots": r.stale_snapshots, "reader_bad_lines": r.bad_lines,
+                "raw_lines": self.raw.lines if self.raw is not None else 0}
+
+    def _maybe_flush(self, force: bool = False) -> None:
+        w = self.writer
+        pending = w.rows - self.stats.flushed_rows
+        now = time.monotonic()
+        if not force and pending < self.cfg.flush_rows and now - self._last_flush < self.cfg.flush_seconds:
+            return
+        if self.raw is not None:
+            self.raw.flush()  # the capture is never behind the store
+        w.set_attrs(gaps=self._gaps(), record=self._counters())
+        w.flush()
+        self.stats.flushed_rows = w.rows
+        self._last_flush = now
+        self._status(flushed=True)
+
+    def _maybe_status(self) -> None:
+        if time.monotonic() - self._last_status >= self.cfg.status_seconds:
+            self._status()
+
+    def status_line(self) -> str:
+        s = self.stats
+        r = self.reader.report
+        now = time.monotonic()
+        rate = self._status_msgs / max(1e-9, now - self._last_status)
+        lag = "-" if math.isnan(s.lag_ms) else f"{s.lag_ms:,.0f} ms"
+        return (f"record {self.symbol}: {rate:,.0f} msg/s, rows {s.rows:,} (flushed {s.flushed_rows:,}), "
+                f"trades {s.trades:,}, gaps {len(r.gaps)}, resyncs {r.resyncs}, disconnects {s.disconnects}, "
+                f"lag {lag}")
+
+    def _status(self, flushed: bool = False) -> None:
+        line = self.status_line()
+        self._last_status = time.monotonic()
+        self._status_msgs = 0
+        if self._tty:
+            sys.stderr.write("\r\x1b[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def _finish(self) -> None:
+        """Flush everything and close: the store opens whole (complete=True)."""
+        try:
+            if self.raw is not None:
+                self.raw.close()
+            if self.writer is not None:
+                self.writer.set_attrs(gaps=self._gaps(), record=self._counters(),
+                                      import_notes=list(self.reader.report.notes))
+                self.writer.close()
+                self.stats.flushed_rows = self.writer.rows
+        finally:
+            if self.reader is not None:
+                self.reader.close()
+        if self._tty:
+            sys.stderr.write("\n")
+        sys.stderr.write(self.status_line() + f" -> {self.cfg.out} closed\n")
+        sys.stderr.flush()
+
+
+def _json_or_none(r):
+    try:
+        return r.json()
+    except ValueError:
+        return None
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _run(args) -> int:
+    if args.exchange == "coinbase":
+        raise InputError("--exchange coinbase: not recordable yet (needs a live entry point in "
+                         "gpu_engine.data.feeds.coinbase); use binance or binance-usdm")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = RecordConfig(
+        exchange=args.exchange, symbol=args.symbol, out=Path(args.out), depth=args.depth,
+        duration=None if args.duration is None else parse_duration(args.duration),
+        raw=None if args.raw is None else Path(args.raw), ws_url=args.ws_url, rest_url=args.rest_url,
+        flush_seconds=args.flush_seconds, flush_rows=args.flush_rows, status_seconds=args.status_seconds,
+        backoff_base=args.backoff_base, backoff_max=args.backoff_max, clock=args.clock,
+    )
+    if cfg.flush_seconds <= 0 or cfg.flush_rows < 1:
+        raise InputError("--flush-seconds must be > 0 and --flush-rows >= 1")
+    return asyncio.run(Recorder(cfg).run())
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("record", help="record a live exchange order book into a Zarr book store",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--exchange", required=True, choices=("binance", "binance-usdm", "coinbase"))
+    p.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    p.add_argument("--depth", type=int, default=20, help="levels per side stored (default 20)")
+    p.add_argument("--duration", default=None, help="stop after this long (e.g. 90s, 30m, 1h; default: until signalled)")
+    p.add_argument("--out", required=True, help="output book store (must not exist), e.g. data/books/x.zarr")
+    p.add_argument("--raw", default=None, help="also write the raw capture here (<local_ts_ns> <json> lines; .gz ok)")
+    p.add_argument("--ws-url", default=None, help="WebSocket base URL (default: the exchange's)")
+    p.add_argument("--rest-url", default=None, help="REST base URL (default: the exchange's)")
+    p.add_argument("--flush-seconds", type=float, default=5.0, help="flush the store at least this often (default 5)")
+    p.add_argument("--flush-rows", type=int, default=10_000, help="... or after this many new rows (default 10000)")
+    p.add_argument("--status-seconds", type=float, default=5.0, help="status line interval (default 5)")
+    p.add_argument("--backoff-base", type=float, default=0.5, help="first reconnect/retry delay, s (default 0.5)")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="largest reconnect/retry delay, s (default 30)")
+    p.add_argument("--clock", choices=("local", "server"), default="local",
+                   help="receive stamps: local wall clock, or shifted onto the exchange's serverTime "
+                        "(for replaying old captures through the fake exchange)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,205 @@
+"""Shared plumbing of the sweep CLIs: flags, data loading, costs, configuration arrays, exit codes.
+
+Unusable input (a bad flag value, a missing data file, a bad space file) raises
+`InputError`; `run_cli` prints it as one line on stderr and returns 2, before
+anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gpu_engine import space as space_mod
+from gpu_engine import validation
+from gpu_engine.data.errors import InputError
+from gpu_engine.enums import DEFAULT_CAPITAL, DEFAULT_FEE_BPS, DEFAULT_LATENCY_NS, METRICS
+
+DEFAULT_BOOKS = "data/books/synth.zarr"
+DEFAULT_BLOCKS = "data/blocks.npy"
+DEFAULT_BUCKETS = 64
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def run_cli(parser: argparse.ArgumentParser, func: Callable, argv=None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return int(func(args) or 0)
+    except InputError as exc:
+        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) -> None:
+    g = p.add_argument_group("data and costs")
+    g.add_argument("--data", default=None, required=data_required,
+                   help=f"book store (default {DEFAULT_BOOKS}, generated when absent)")
+    g.add_argument("--blocks", default=None,
+                   help=f"block dataset (default {DEFAULT_BLOCKS}, built when absent)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--fee-bps", type=float, default=DEFAULT_FEE_BPS,
+                   help="fee per fill in bps (default %(default)s: Binance spot taker)")
+    g.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_NS / 1e6,
+                   help="order latency in ms (default %(default)s)")
+    g.add_argument("--capital", type=float, default=DEFAULT_CAPITAL, help="starting equity (default %(default)s)")
+    g.add_argument("--buckets", type=int, default=DEFAULT_BUCKETS,
+                   help="time buckets of the in-sample part (PBO, Sharpe; default %(default)s)")
+    g.add_argument("--is-frac", type=float, default=0.7, help="in-sample share of the time span (default 0.7)")
+    g.add_argument("--purge-frac", type=float, default=0.01,
+                   help="gap between in- and out-of-sample, share of the span (default 0.01)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_args(args) -> None:
+    def bad(flag, value, want):
+        raise InputError(f"{flag}: value {value!r} {want}")
+
+    if not (args.fee_bps >= 0 and np.isfinite(args.fee_bps)):
+        bad("--fee-bps", args.fee_bps, "must be finite and >= 0")
+    if not (args.latency_ms >= 0 and np.isfinite(args.latency_ms)):
+        bad("--latency-ms", args.latency_ms, "must be finite and >= 0")
+    if not (args.capital > 0 and np.isfinite(args.capital)):
+        bad("--capital", args.capital, "must be finite and > 0")
+    if args.buckets < 2:
+        bad("--buckets", args.buckets, "must be >= 2")
+    if not 0 < args.is_frac < 1:
+        bad("--is-frac", args.is_frac, "must be in (0, 1)")
+    if not 0 <= args.purge_frac < 1 - args.is_frac:
+        bad("--purge-frac", args.purge_frac, f"must be in [0, {1 - args.is_frac:g})")
+
+
+def costs(args) -> dict:
+    return {"fee_bps": float(args.fee_bps), "latency_ns": int(round(args.latency_ms * 1e6)),
+            "capital": float(args.capital)}
+
+
+def data_paths(args) -> tuple[Path, Path]:
+    """The book store and block dataset paths; explicit paths must exist (defaults are generated)."""
+    for flag, value in (("--data", args.data), ("--blocks", args.blocks)):
+        if value is not None and not Path(value).exists():
+            raise InputError(f"{value}: {flag}: no such file or store")
+    return Path(args.data or DEFAULT_BOOKS), Path(args.blocks or DEFAULT_BLOCKS)
+
+
+@dataclass
+class Data:
+    """The loaded market data, split in time, with the feature bank on the chosen device."""
+
+    book_path: Path
+    blocks_path: Path
+    book: object
+    bank: object
+    split: validation.TimeSplit
+    is_book: object
+    is_bank: object
+    oos_book: object
+    oos_bank: object
+    scale: np.ndarray  # per bank row: std of the row over the in-sample ticks (NaN ignored)
+    device: str
+
+    def part(self, which: str):
+        return (self.is_book, self.is_bank) if which == "is" else (self.oos_book, self.oos_bank)
+
+
+def ensure_blocks(path: Path) -> Path:
+    if not path.exists():
+        from gpu_engine.data import blocks
+
+        arr, meta = blocks.build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blocks.write(path, arr, meta)
+    return path
+
+
+def load_data(args, space: space_mod.Space, log=print) -> Data:
+    """Generate the defaults when absent, load the book, build the bank, split in time."""
+    from gpu_engine.backend import resolve
+    from gpu_engine.data import books
+    from gpu_engine.features import build_bank
+
+    spec = space_mod.feature_spec(space)  # unknown signal names fail here, before any data work
+    book_path, blocks_path = data_paths(args)
+    if args.blocks is None and not blocks_path.exists():
+        log(f"building the block dataset {blocks_path} ...")
+        ensure_blocks(blocks_path)
+    if args.data is None and not book_path.exists():
+        from gpu_engine.data import synth
+
+        log(f"generating the synthetic book store {book_path} ...")
+        synth.ensure_default(book_path, blocks=blocks_path)
+    try:
+        book = books.load(book_path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{book_path}: --data: not a readable book store ({exc})") from None
+    try:
+        backend = resolve(args.device)
+    except RuntimeError as exc:
+        raise InputError(f"--device: value {args.device!r}: {exc}") from None
+    try:
+        split = validation.split_time(book.ts, args.is_frac, args.purge_frac)
+    except ValueError as exc:
+        raise InputError(f"{book_path}: --data: {exc}") from None
+    bank = build_bank(book, spec, xp=backend.xp, blocks=blocks_path)
+    vals = np.asarray(bank.to_host()[:, split.in_sample], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(vals)
+        n = finite.sum(axis=1)
+        v = np.where(finite, vals, 0.0)
+        mean = v.sum(axis=1) / np.maximum(n, 1)
+        scale = np.sqrt((np.where(finite, (vals - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n - 1, 1))
+    device = backend.name + (" (simulated)" if backend.simulated else "")
+    return Data(book_path, blocks_path, book, bank, split,
+                validation.slice_book(book, split.in_sample), validation.slice_bank(bank, split.in_sample),
+                validation.slice_book(book, split.out_sample), validation.slice_bank(bank, split.out_sample),
+                scale, device)
+
+
+def configs_for(space: space_mod.Space, points: dict[str, np.ndarray], data: Data, cost: dict) -> dict:
+    """Space points -> configuration fields (thresholds scaled to signal std when the space says so)."""
+    fields = space_mod.to_configs(points, space_mod.row_resolver(data.bank))
+    if space.thresholds == "std":
+        s = data.scale[fields["signal"]]
+        s = np.where(np.isfinite(s) & (s > 0), s, 1e-12)
+        for key in ("entry", "exit"):
+            if key in fields:
+                with np.errstate(invalid="ignore"):
+                    fields[key] = np.where(np.isinf(fields[key]), fields[key], fields[key] * s)
+    n = len(fields["signal"])
+    fields["fee_bps"] = np.full(n, cost["fee_bps"])
+    fields["latency"] = np.full(n, cost["latency_ns"], np.int64)
+    fields["capital"] = np.full(n, cost["capital"])
+    return fields
+
+
+def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """One launch of `gpu_engine.sweep` on the in-sample ("is") or out-of-sample ("oos") part.
+
+    Returns metrics [C, M] in `enums.METRICS` order and bucket PnL [C, B] (host arrays).
+    """
+    import gpu_engine
+
+    book, bank = data.part(which)
+    ds = gpu_engine.sweep(book, bank, fields, device=device, buckets=buckets)
+    metrics = np.stack([np.asarray(ds[m].values, dtype=np.float64) for m in METRICS], axis=1)
+    return metrics, np.asarray(ds["bucket_pnl"].values, dtype=np.float64)
+
+
+def progress(total: int, unit: str, disable: bool, initial: int = 0, desc: str | None = None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, unit_scale=True, disable=disable, initial=initial,
+                desc=desc, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)

@@ -1,0 +1,186 @@
+"""`python -m sweeps.grid`: every point of a space, in batches, into a Zarr cube written region by region.
+
+    python -m sweeps.grid --space FILE --data STORE [--blocks PATH] [--device auto] --out CUBE.zarr
+
+The cube has one dimension per swept parameter (file order); parameters with a
+single value are scalar coordinates. Every point is evaluated in sample and out
+of sample (gpu_engine/results.py names the variables). The cube is chunked so
+that each region is a block of whole chunks; a template is written first
+(`compute=False`), then each region with `to_zarr(region=...)`, then its flag in
+`region_done`. Running the same command again after an interruption skips the
+finished regions, and the cube ends equal to an uninterrupted run's. A store
+that holds a different sweep (other space, data, costs or split) is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from gpu_engine import results
+from gpu_engine import space as space_mod
+from gpu_engine.data.errors import InputError
+from gpu_engine.enums import METRICS
+from sweeps import _common
+
+# Test hook: abort the process (like kill -9) after this many regions were written in this run.
+STOP_AFTER_ENV = "SWEEPS_GRID_STOP_AFTER"
+
+
+def build_parser():
+    p = _common.Parser(prog="python -m sweeps.grid", description=__doc__.splitlines()[0])
+    p.add_argument("--space", required=True, help="space file (TOML, gpu_engine/space.py)")
+    p.add_argument("--out", required=True, help="cube path (.zarr)")
+    p.add_argument("--batch", type=int, default=8192, help="configurations per region/launch (default %(default)s)")
+    _common.add_data_args(p)
+    return p
+
+
+def plan_regions(shape: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], list[tuple[slice, ...]]]:
+    """Chunk sizes and the regions (tuples of slices, whole chunks) covering `shape`.
+
+    Trailing dimensions are kept whole while their product fits in `batch`; the next one
+    is cut into chunks of as many rows as fit; leading dimensions are cut one by one.
+    """
+    k = len(shape)
+    inner = 1
+    j = k
+    while j > 0 and inner * shape[j - 1] <= batch:
+        inner *= shape[j - 1]
+        j -= 1
+    chunks = [1] * k
+    for d in range(j, k):
+        chunks[d] = shape[d]
+    if j > 0:
+        chunks[j - 1] = max(1, min(shape[j - 1], batch // inner))
+    ranges = []
+    for d in range(k):
+        c = chunks[d]
+        ranges.append([slice(a, min(a + c, shape[d])) for a in range(0, shape[d], c)])
+    return tuple(chunks), list(itertools.product(*ranges))
+
+
+def fingerprint(space, data: _common.Data, cost: dict, args) -> str:
+    h = hashlib.sha256()
+    h.update(space.text.encode())
+    h.update(json.dumps({"costs": cost, "buckets": args.buckets, "is_frac": args.is_frac,
+                         "purge_frac": args.purge_frac, "batch": args.batch}, sort_keys=True).encode())
+    h.update(results.sha256_path(data.book_path).encode())
+    h.update(results.sha256_path(data.blocks_path).encode())
+    return h.hexdigest()
+
+
+def _template(axes: dict, dims: list[str], chunks: tuple, buckets: int) -> xr.Dataset:
+    import dask.array as da
+
+    shape = tuple(len(axes[d]) for d in dims)
+    coords = {d: np.asarray(axes[d]) for d in dims}
+    for name, vals in axes.items():
+        if name not in dims:
+            coords[name] = np.asarray(vals[0])
+    data_vars = {}
+    for m in METRICS:
+        for name in (m, f"oos_{m}"):
+            data_vars[name] = (dims, da.full(shape, np.nan, chunks=chunks, dtype=np.float64))
+    data_vars["bucket_pnl"] = (dims + ["bucket"],
+                               da.full(shape + (buckets,), np.nan, chunks=chunks + (buckets,), dtype=np.float64))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["bucket"] = np.arange(buckets)
+    return ds
+
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    _common.check_args(args)
+    if args.batch < 1:
+        raise InputError(f"--batch: value {args.batch!r} must be >= 1")
+    space = space_mod.load(args.space)
+    space_mod.feature_spec(space)  # unknown signal names
+    axes = space.grid_axes()
+    dims = [n for n, v in axes.items() if len(v) > 1]
+    if not dims:
+        raise InputError.at(space.path, None, "params", "nothing to sweep: every parameter has one value")
+    out = Path(args.out)
+    if out.exists() and not (out / "region_done").exists():
+        raise InputError(f"{out}: --out: exists and is not a grid cube; remove it or choose another path")
+    cost = _common.costs(args)
+    log = (lambda *a: None) if args.no_progress else print
+    data = _common.load_data(args, space, log=log)
+    fp = fingerprint(space, data, cost, args)
+    shape = tuple(len(axes[d]) for d in dims)
+    chunks, regions = plan_regions(shape, args.batch)
+    total = int(np.prod(shape))
+
+    if out.exists():
+        old = results.read_attrs(out)
+        if old.get("fingerprint") != fp:
+            raise InputError(f"{out}: --out: holds a different sweep (space, data, costs or split differ); "
+                             "remove it or choose another path")
+        done = set(results.done_regions(out).tolist())
+    else:
+        attrs = results.provenance(
+            kind="grid", data={"book": data.book_path, "blocks": data.blocks_path}, space=space, costs=cost,
+            device=data.device, fingerprint=fp, split=data.split.as_attrs(), buckets=args.buckets,
+            thresholds=space.thresholds, dims=dims, n_configs=total)
+        results.create_template(_template(axes, dims, chunks, args.buckets), out, len(regions), attrs)
+        done = set()
+
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    todo = [k for k in range(len(regions)) if k not in done]
+    done_cfg = sum(_size(regions[k]) for k in done)
+    bar = _common.progress(total, "cfg", args.no_progress, initial=done_cfg, desc="grid")
+    written = 0
+    for k in todo:
+        reg = regions[k]
+        idx = [np.arange(s.start, s.stop) for s in reg]
+        mesh = np.meshgrid(*idx, indexing="ij")
+        points = {}
+        for name, vals in axes.items():
+            if name in dims:
+                d = dims.index(name)
+                points[name] = np.asarray(vals)[mesh[d].ravel()]
+            else:
+                points[name] = np.asarray([vals[0]] * mesh[0].size)
+        fields = _common.configs_for(space, points, data, cost)
+        rshape = tuple(s.stop - s.start for s in reg)
+        m_is, b_is = _common.evaluate(data, "is", fields, args.device, args.buckets)
+        m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets)
+        part = {}
+        for i, m in enumerate(METRICS):
+            part[m] = (dims, m_is[:, i].reshape(rshape))
+            part[f"oos_{m}"] = (dims, m_oos[:, i].reshape(rshape))
+        part["bucket_pnl"] = (dims + ["bucket"], b_is.reshape(rshape + (args.buckets,)))
+        region = {d: s for d, s in zip(dims, reg)}
+        region["bucket"] = slice(0, args.buckets)
+        results.write_region(out, xr.Dataset(part), region, k)
+        bar.update(mesh[0].size)
+        written += 1
+        if stop_after and written >= stop_after:
+            bar.close()
+            os._exit(137)  # simulated kill -9: no clean-up, no final attrs
+    bar.close()
+    wall = time.perf_counter() - t_start
+    results.finish(out, wall_s=wall)
+    print(f"grid: {total} configurations in {len(regions)} regions ({len(todo)} evaluated in this run, "
+          f"{len(done)} resumed) -> {out}  [{wall:.1f} s, device {data.device}]")
+    print(f"inspect: python -m sweeps.inspect {out}")
+    return 0
+
+
+def _size(reg) -> int:
+    return int(np.prod([s.stop - s.start for s in reg]))
+
+
+def main(argv=None) -> int:
+    return _common.run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""`python -m sweeps.inspect CUBE.zarr`: top configurations, PBO / deflated Sharpe, a verdict, heatmaps.
+
+    python -m sweeps.inspect CUBE.zarr [--top 20] [--by METRIC] [--heatmap X Y --metric win_rate --png OUT.png]
+
+Rows are ranked by an IN-SAMPLE metric (default: the search objective) and always
+shown with their out-of-sample figures; in an optimize cube only the
+configurations that were re-evaluated out of sample are listed. Win rates carry
+their Wilson 95% interval and trade count. PBO (CSCV) and the deflated Sharpe
+ratio use the in-sample per-bucket PnL of every configuration tried
+(gpu_engine/validation.py). The verdict: does any configuration meet the
+win-rate target OUT OF SAMPLE (win rate in [lo, hi], Wilson lower bound > 0.5,
+at least --min-trades trades) with positive expectancy after costs.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from gpu_engine import validation
+from gpu_engine.data.errors import InputError
+from sweeps import _common
+
+MAX_PBO_CONFIGS = 20_000
+
+
+def _flat(ds: xr.Dataset) -> tuple[dict, dict, int]:
+    """Metric arrays and parameter arrays flattened over every configuration dimension."""
+    if ds.attrs.get("kind") == "optimize":
+        cfg_dims = ["trial", "config"]
+    else:
+        cfg_dims = list(ds.attrs.get("dims") or [d for d in ds["trades"].dims])
+    shape = tuple(ds.sizes[d] for d in cfg_dims)
+    n = int(np.prod(shape))
+    metrics = {}
+    for name in ds.data_vars:
+        v = ds[name]
+        if tuple(v.dims) == tuple(cfg_dims):
+            metrics[name] = np.asarray(v.values).reshape(n)
+    params = {}
+    for name, c in ds.coords.items():
+        if name in ("bucket", "region") or name in ("trial", "config") and ds.attrs.get("kind") == "optimize":
+            continue
+        arr = xr.broadcast(c, ds["trades"])[0].transpose(*cfg_dims).values if c.ndim else np.full(shape, c.values)
+        params[name] = np.asarray(arr).reshape(n)
+    if ds.attrs.get("kind") == "optimize":
+        params = {k: params[k] for k in _param_order(ds) if k in params}
+    return metrics, params, n
+
+
+def _param_order(ds) -> list[str]:
+    import tomllib
+
+    try:
+        return list(tomllib.loads(ds.attrs.get("space", "")).get("params", {}))
+    except Exception:
+        return [c for c in ds.coords]
+
+
+def _fmt(v, spec=".3g") -> str:
+    if isinstance(v, (str, np.str_)):
+        return str(v)
+    v = float(v)
+    if math.isnan(v):
+        return "-"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return format(v, spec)
+
+
+def _wr(m, i, prefix="") -> str:
+    t = m[f"{prefix}trades"][i]
+    if not t > 0:
+        return "no trades"
+    return (f"{m[prefix + 'win_rate'][i]:.3f} [{m[prefix + 'win_rate_lo'][i]:.3f},"
+            f"{m[prefix + 'win_rate_hi'][i]:.3f}] n={int(t)}")
+
+
+def search_stats(ds: xr.Dataset) -> dict:
+    """PBO (CSCV) and the deflated Sharpe ratio of the whole search, from the in-sample buckets."""
+    capital = float(ds.attrs.get("costs", {}).get("capital", 1.0))
+    b = ds["bucket_pnl"]
+    B = b.sizes["bucket"]
+    M = np.asarray(b.values, dtype=np.float64).reshape(-1, B).T / capital  # [T=buckets, N]
+    ok = np.isfinite(M).all(axis=0)
+    M = M[:, ok]
+    n_tried = M.shape[1]
+    out = {"n_tried": n_tried}
+    if n_tried < 2:
+        return out
+    out["dsr"] = validation.deflated_sharpe_of_search(M)
+    U = np.unique(M, axis=1)
+    note = ""
+    if U.shape[1] > MAX_PBO_CONFIGS:
+        rng = np.random.default_rng(0)
+        U = U[:, rng.choice(U.shape[1], MAX_PBO_CONFIGS, replace=False)]
+        note = f" (a random {MAX_PBO_CONFIGS} of them)"
+    S = next((s for s in (16, 14, 12, 10, 8, 6, 4, 2) if B // s >= 2), None)
+    if U.shape[1] >= 2 and S:
+        out["pbo"] = validation.pbo(U, n_splits=S)
+        out["pbo_note"] = f"{U.shape[1]} distinct bucket series{note}, S={S}"
+    if B >= 10:
+        out["wf"] = validation.walk_forward(M if M.shape[1] <= MAX_PBO_CONFIGS else U, n_folds=4, mode="rolling")
+    return out
+
+
+def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, min_trades=None) -> str:
+    attrs = ds.attrs
+    lo, hi = target or attrs.get("target_win_rate") or (0.55, 0.60)
+    min_trades = attrs.get("min_trades", 30) if min_trades is None else min_trades
+    by = by or attrs.get("objective") or "sharpe"
+    if by == "net_pnl" or by in ("sharpe", "expectancy"):
+        pass
+    m, params, n = _flat(ds)
+    if by not in m:
+        raise InputError(f"--by: unknown metric {by!r} (known: {', '.join(k for k in m if not k.startswith('oos_'))})")
+    if not attrs.get("complete", True):
+        raise InputError("cube is incomplete (an interrupted grid run): run the same grid command again to finish it")
+    has_oos = m.get("oos_evaluated", np.isfinite(m.get("oos_trades", np.full(n, np.nan)))).astype(bool)
+    key = np.nan_to_num(m[by], nan=-np.inf)
+    order = [i for i in np.argsort(-key, kind="stable") if has_oos[i]][:top]
+    costs = attrs.get("costs", {})
+    lines = [
+        f"cube: kind={attrs.get('kind')} space={attrs.get('space_name')} configurations={n} "
+        f"device={attrs.get('device')} engine={attrs.get('engine_version')}",
+        f"costs: fee {costs.get('fee_bps')} bps per fill, latency {costs.get('latency_ns', 0) / 1e6:g} ms, "
+        f"capital {costs.get('capital')}; thresholds in {attrs.get('thresholds', 'raw')} units; "
+        f"split {attrs.get('split', {}).get('is_ticks')} in-sample / {attrs.get('split', {}).get('oos_ticks')} "
+        f"out-of-sample ticks",
+        f"target: win rate in [{lo}, {hi}], Wilson lower bound > 0.5, trades >= {min_trades}, expectancy > 0",
+        f"top {len(order)} by in-sample {by} (of {int(has_oos.sum())} with out-of-sample figures):",
+    ]
+    swept = [p for p, v in params.items() if len(np.unique(v.astype(str))) > 1]
+    head = ["#"] + swept + ["IS win rate [95% CI] n", "IS exp", "IS sharpe", "IS maxDD",
+                            "OOS win rate [95% CI] n", "OOS exp", "OOS sharpe", "OOS maxDD"]
+    rows = [head]
+    for r, i in enumerate(order, 1):
+        rows.append([str(r)] + [_fmt(params[p][i]) for p in swept] + [
+            _wr(m, i), _fmt(m["expectancy"][i]), _fmt(m["sharpe"][i]), _fmt(m["max_drawdown"][i]),
+            _wr(m, i, "oos_"), _fmt(m["oos_expectancy"][i]), _fmt(m["oos_sharpe"][i]),
+            _fmt(m["oos_max_drawdown"][i])])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+
+    st = search_stats(ds)
+    if "pbo" in st:
+        p = st["pbo"]
+        lines.append(f"PBO (CSCV, {p.n_combinations} splits over {st['pbo_note']}): {p.pbo:.3f}  "
+                     f"P(OOS loss of the IS best) {p.prob_loss:.3f}")
+    if "dsr" in st:
+        d = st["dsr"]
+        lines.append(f"deflated Sharpe: best per-bucket Sharpe {d.sr:.3f} vs {d.sr0:.3f} expected from "
+                     f"{d.n_trials} unskilled trials -> DSR {d.dsr:.3f} "
+                     f"({'significant' if d.dsr > 0.95 else 'not significant'} at 95%)")
+    if "wf" in st:
+        lines.append(f"walk-forward (rolling, 4 folds on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
+    lines.append(verdict(m, has_oos, lo, hi, min_trades))
+    return "\n".join(lines)
+
+
+def verdict(m: dict, has_oos: np.ndarray, lo: float, hi: float, min_trades: int) -> str:
+    wr, wl = m["oos_win_rate"], m["oos_win_rate_lo"]
+    ok = (has_oos & (wr >= lo) & (wr <= hi) & (wl > 0.5) & (m["oos_trades"] >= min_trades)
+          & (m["oos_expectancy"] > 0))
+    n_oos = int(has_oos.sum())
+    if ok.any():
+        i = int(np.flatnonzero(ok)[np.argmax(np.nan_to_num(m["oos_expectancy"][ok], nan=-np.inf))])
+        return (f"VERDICT: YES - {int(ok.sum())} of {n_oos} configurations tested out of sample meet the target "
+                f"with positive expectancy after costs (e.g. win rate {_wr(m, i, 'oos_')}, expectancy "
+                f"{m['oos_expectancy'][i]:.4g}); check PBO and DSR above before trusting it.")
+    return (f"VERDICT: NO - none of the {n_oos} configurations tested out of sample reaches a win rate in "
+            f"[{lo}, {hi}] with Wilson lower bound > 0.5, >= {min_trades} trades and positive expectancy "
+            f"after costs.")
+
+
+def heatmap(ds: xr.Dataset, x: str, y: str, metric: str, png: str | Path, agg: str = "median") -> Path:
+    """A PNG of `metric` over parameters x and y (aggregated over the others by `agg`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    m, params, n = _flat(ds)
+    for p in (x, y):
+        if p not in params:
+            raise InputError(f"--heatmap: unknown parameter {p!r} (known: {', '.join(params)})")
+    if metric not in m:
+        raise InputError(f"--metric: unknown metric {metric!r}")
+    df = pd.DataFrame({"x": _binned(params[x]), "y": _binned(params[y]), "v": m[metric]})
+    tab = df.pivot_table(index="y", columns="x", values="v", aggfunc=agg)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * tab.shape[1], 1.2 + 0.5 * tab.shape[0]))
+    im = ax.imshow(tab.values, aspect="auto", origin="lower", cmap="viridis")
+    ax.set_xticks(range(tab.shape[1]), [str(c) for c in tab.columns], rotation=45, ha="right")
+    ax.set_yticks(range(tab.shape[0]), [str(c) for c in tab.index])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{agg} in-sample {metric}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
+    return png
+
+
+def _binned(v: np.ndarray):
+    """Categorical values as they are; a continuous parameter with many values in 10 quantile bins."""
+    u = np.unique(v.astype(str))
+    if v.dtype.kind in "fi" and len(u) > 12:
+        import pandas as pd
+
+        return pd.qcut(v.astype(float), 10, duplicates="drop").astype(str)
+    return np.array([_fmt(a) for a in v])
+
+
+def build_parser():
+    p = _common.Parser(prog="python -m sweeps.inspect", description=__doc__.splitlines()[0])
+    p.add_argument("cube")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--by", default=None, help="in-sample metric to rank by (default: the search objective)")
+    p.add_argument("--target-win-rate", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument("--min-trades", type=int, default=None)
+    p.add_argument("--heatmap", nargs=2, metavar=("PARAM_X", "PARAM_Y"))
+    p.add_argument("--metric", default="win_rate")
+    p.add_argument("--agg", default="median", choices=("median", "mean", "max", "min"))
+    p.add_argument("--png", default=None)
+    return p
+
+
+def run(args) -> int:
+    path = Path(args.cube)
+    if not path.exists():
+        raise InputError(f"{path}: no such cube")
+    if args.target_win_rate:
+        lo, hi = args.target_win_rate
+        if not (0 <= lo <= 1 and 0 <= hi <= 1) or lo > hi:
+            raise InputError(f"--target-win-rate: values {lo!r} {hi!r} must be in [0, 1] with lo <= hi")
+    if args.top < 1:
+        raise InputError(f"--top: value {args.top!r} must be >= 1")
+    try:
+        ds = xr.open_zarr(path)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable cube ({exc})") from None
+    if args.heatmap:
+        if not args.png:
+            raise InputError("--heatmap needs --png OUT.png")
+        out = heatmap(ds, args.heatmap[0], args.heatmap[1], args.metric, args.png, args.agg)
+        print(f"heatmap: {out}")
+    print(report(ds, args.top, args.by, args.target_win_rate, args.min_trades))
+    return 0
+
+
+def main(argv=None) -> int:
+    return _common.run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
