@@ -357,3 +357,23 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
 
     raw[c, R_MAXDD] = max_dd
     raw[c, R_EQUITY] = equity
+
+
+_RULE_FUNCTIONS = ("displayed", "entry_walk", "exit_walk", "top_price", "exit_reason",
+                   "entry_side", "book_trade", "run_config")
+
+
+def python_twin(name: str = "run_config"):
+    """The same rule function as plain Python, calling plain-Python twins of its helpers.
+
+    For numba-cuda's simulator, whose device arrays a compiled njit function cannot unbox:
+    the twins re-use each function's code object with globals in which every rule function is
+    its own twin, so the simulated kernel runs exactly this module's text.
+    """
+    import types
+
+    namespace = dict(globals())
+    for fn in _RULE_FUNCTIONS:
+        code = globals()[fn].py_func.__code__
+        namespace[fn] = types.FunctionType(code, namespace, fn)
+    return namespace[name]

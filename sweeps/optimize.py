@@ -161,25 +161,14 @@ def _load_parts(parts: Path) -> list[dict]:
     return out
 
 
-def _recover(study, parts_list: list[dict]) -> int:
-    """Tell trials a killed run evaluated but never told; fail the ones it never evaluated."""
-    from optuna.trial import TrialState
-
-    stored = {}
-    for rec in parts_list:
-        for i, num in enumerate(rec["trial"]):
-            stored[int(num)] = (float(rec["value"][i]), rec["constraints"][i])
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number in stored:
-            value, cons = stored[t.number]
-            for name, c in zip(CONSTRAINTS, cons):
-                study._storage.set_trial_system_attr(t._trial_id, f"constraints:{name}", float(c))
-            study.tell(t.number, value)
-            n += 1
-        else:
-            study.tell(t.number, state=TrialState.FAIL)
-    return n
+def _drop_stale_parts(parts: Path, n_done: int) -> None:
+    """Remove part files of trials a killed run evaluated but never stored in the study."""
+    if parts.exists():
+        for p in parts.glob("batch-*.npz"):
+            if int(p.stem.split("-")[1]) >= n_done:
+                p.unlink()
+        for p in parts.glob(".batch-*.tmp.npz"):
+            p.unlink()
 
 
 # ---------------------------------------------------------------- the run
@@ -218,20 +207,23 @@ def run(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, storage_desc = make_storage(args.storage)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                sampler=make_sampler(args.sampler, args.seed, args.batch), load_if_exists=True)
-    old_fp = study.user_attrs.get("fingerprint")
+    # The persistent study (journal/RDB) receives each batch's finished trials in one add_trials;
+    # the sampler runs on an in-memory mirror of it, so Optuna's per-operation storage cost is
+    # paid once per trial instead of once per suggest / constraint (measured: benchmarks/RESULTS_sweeps.md).
+    persist = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    old_fp = persist.user_attrs.get("fingerprint")
     if old_fp is None:
-        study.set_user_attr("fingerprint", fp)
+        persist.set_user_attr("fingerprint", fp)
     elif old_fp != fp:
         raise InputError(f"--study: study {name!r} in {storage_desc} was run with other data, space, costs "
                          "or target; choose another --study")
-    parts_list = _load_parts(parts)
-    recovered = _recover(study, parts_list)
-    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    previous = persist.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(args.sampler, args.seed, args.batch))
+    study.add_trials(previous)
+    completed = len(previous)
+    _drop_stale_parts(parts, completed)
     if completed:
-        log(f"study {name!r}: resuming with {completed} completed trials"
-            + (f" ({recovered} recovered from {parts})" if recovered else ""))
+        log(f"study {name!r}: resuming with {completed} completed trials")
 
     nb = space.neighbourhood_size
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
@@ -264,6 +256,7 @@ def run(args) -> int:
             for cname, cv in zip(CONSTRAINTS, c):
                 t.set_constraint(cname, float(cv))
             study.tell(t, float(v))
+        persist.add_trials([study.trials[t.number] for t in trials])
         t_tell = time.perf_counter() - t2
         total = time.perf_counter() - t0
         timings.append({"trials": k, "configs": k * nb, "ask_s": t_ask, "eval_s": t_eval, "tell_s": t_tell,
@@ -277,7 +270,7 @@ def run(args) -> int:
             os._exit(137)  # simulated kill -9
     bar.close()
 
-    ds = assemble(study, _load_parts(parts), space, args)
+    ds = assemble(persist, _load_parts(parts), space, args)
     ds = reevaluate_oos(ds, space, data, cost, args)
     wall = time.perf_counter() - t_start
     opt = sum(t["ask_s"] + t["tell_s"] for t in timings)

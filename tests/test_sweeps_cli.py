@@ -235,26 +235,3 @@ def test_constraints_and_feasibility():
     assert (c[0] <= 0).all() and c[1][2] > 0 and (c[2] > 0).any()
     np.testing.assert_array_equal(optimize.feasible(m, 0.55, 0.60, 30), [True, False, False])
 
-
-# ------------------------------------------------------------------ TEMPORARY until gpu_engine.sweep lands
-
-def _oracle_sweep(book, bank, configs, device="auto", buckets=8):
-    from gpu_engine import oracle
-    from gpu_engine.enums import CONFIG_FIELDS
-
-    vals = np.asarray(bank.to_host())
-    n = len(configs["signal"])
-    rows, bp = [], []
-    for i in range(n):
-        cfg = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in configs.items()}
-        r = oracle.run(book, vals[int(cfg["signal"])], vals[int(cfg.get("regime", 0))], cfg, buckets)
-        rows.append([r.metrics[m] for m in METRICS])
-        bp.append(r.bucket_pnl)
-    rows = np.array(rows, dtype=float)
-    ds = xr.Dataset({m: ("config", rows[:, j]) for j, m in enumerate(METRICS)})
-    ds["bucket_pnl"] = (("config", "bucket"), np.array(bp))
-    return ds
-
-
-if not hasattr(gpu_engine, "sweep"):
-    gpu_engine.sweep = _oracle_sweep

@@ -118,8 +118,11 @@ def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = Non
                         chosen = isym
                         report.note(f"no --symbol given: selected {isym}, the first symbol seen")
                     elif isym != chosen:
-                        other += 1
-                        continue
+                        if isym.upper() == chosen.upper():  # --symbol btcusdt vs BTCUSDT
+                            chosen = isym
+                        else:
+                            other += 1
+                            continue
                 report.see_ts(item.ts)
                 if type(item) is BookRow:
                     if bucket_ns is None:

@@ -519,7 +519,15 @@ class Recorder:
             self.raw.write(local, text)
         self.stats.messages += 1
         n_gaps = len(self.reader.report.gaps)
+        was_synced = self.reader.sync.synced
+        n_stale = self.reader.report.stale_snapshots
         rows = self.reader.feed(local, obj)
+        if "lastUpdateId" in obj:
+            if self.reader.report.stale_snapshots > n_stale:
+                self._log(logging.WARNING, f"snapshot lastUpdateId={obj['lastUpdateId']} is older than the "
+                                           "buffered updates (stale): fetching another")
+            elif not was_synced and self.reader.sync.synced:
+                self._log(logging.INFO, f"book synced from snapshot lastUpdateId={obj['lastUpdateId']}")
         w = self.writer
         for row in rows:
             try:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from numba import cuda
 
-from gpu_engine.strategy import run_config
+from gpu_engine.backend import simulator_enabled
+from gpu_engine.strategy import python_twin
+from gpu_engine.strategy import run_config as _compiled_run_config
+
+# Under the simulator the kernel body runs as Python on fake device arrays, which a compiled
+# njit function cannot unbox: it then calls the plain-Python twin of the same rules.
+run_config = python_twin("run_config") if simulator_enabled() else _compiled_run_config
 
 THREADS_PER_BLOCK = 128
 

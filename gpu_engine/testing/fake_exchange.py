@@ -156,6 +156,7 @@ class Stats:
     http_errors: int = 0
     ws_refused: int = 0
     injected: int = 0
+    wait_timeouts: int = 0      # `wait` cues whose predicate never came true
     snapshot_ids: list = field(default_factory=list)
 
 
@@ -350,6 +351,7 @@ class FakeExchange:
         resp = connection.respond(http.HTTPStatus(status), text)
         del resp.headers["Content-Type"]
         resp.headers["Content-Type"] = "application/json"
+        resp.headers["Connection"] = "close"  # the server closes after answering: no stale pooled sockets
         for k, v in (headers or {}).items():
             resp.headers[k] = v
         return resp
@@ -361,7 +363,9 @@ class FakeExchange:
             if self._refuse_ws > 0:
                 self._refuse_ws -= 1
                 self.stats.ws_refused += 1
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable\n")
+                resp = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable\n")
+                resp.headers["Connection"] = "close"
+                return resp
             return None  # go on with the WebSocket handshake
         if url.path in ("/api/v3/exchangeInfo", "/fapi/v1/exchangeInfo"):
             sym = q.get("symbol", "").upper()
@@ -467,7 +471,10 @@ class FakeExchange:
                 if name == "wait":  # hold the replay until predicate() (a test's sync point)
                     predicate, timeout = args[0], (args[1] if len(args) > 1 else 10.0)
                     t_end = time.monotonic() + timeout
-                    while not predicate() and time.monotonic() < t_end:
+                    while not predicate():
+                        if time.monotonic() >= t_end:
+                            self.stats.wait_timeouts += 1
+                            break
                         await asyncio.sleep(0.001)
                 else:
                     self._fire(name, args)

@@ -111,7 +111,8 @@ def test_capture_without_snapshot_emits_no_book_rows(real_dir, tmp_path, capsys,
 def test_sampled_import(real_dir, tmp_path):
     path = real_dir / WITH_SNAPSHOT[0]
     out = tmp_path / "s.zarr"
-    import_files([path], "binance-jsonl", out, depth=5, sample_ms=1000, progress=False)
+    rep = import_files([path], "binance-jsonl", out, depth=5, sample_ms=1000, symbol="btcusdt", progress=False)
+    assert rep.symbol == "BTCUSDT" and not any("selected" in n for n in rep.notes)
     s = load(out)
     full_out = tmp_path / "f.zarr"
     import_files([path], "binance-jsonl", full_out, depth=5, progress=False)
@@ -120,4 +121,6 @@ def test_sampled_import(real_dir, tmp_path):
     last = np.r_[sec[1:] != sec[:-1], True]  # last row of each second
     np.testing.assert_array_equal(s.seq, f.seq[last])
     np.testing.assert_array_equal(s.bid_px, f.bid_px[last])
-    assert s.depth == 5
+    assert s.depth == 5 and s.attrs["symbol"] == "BTCUSDT"
+    with pytest.raises(Exception, match="nothing usable"):
+        import_files([path], "binance-jsonl", tmp_path / "x.zarr", symbol="ETHUSDT", progress=False)

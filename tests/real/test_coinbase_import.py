@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -149,9 +148,14 @@ def test_negative_and_non_number_sizes_are_refused(tmp_path, lines):
 
 
 def test_unknown_type_is_counted_and_ignored(tmp_path, lines):
-    bad = lines[:20] + ['1618677817.2: {"type":"mystery","product_id":"SKL-USD"}', "1618677817.2: not json"] + lines[20:]
-    books, _, report = run([_write(tmp_path, bad)], "SKL-USD")
-    assert report.bad_lines == 2 and report.gaps == [] and len(books) == 2592
+    k = _index(lines, "SKL-USD", "match", 3)
+    bad = (lines[:20] + ['1618677817.2: {"type":"mystery","product_id":"SKL-USD"}', "1618677817.2: not json"]
+           + lines[20:k] + [lines[k][:120]] + lines[k + 1:])  # a damaged match line: no book affected
+    books, trades, report = run([_write(tmp_path, bad)], "SKL-USD")
+    assert report.bad_lines == 3 and len(books) == 2592 and len(trades) == 53 - 1
+    # "not json" names no product and no type: every book is treated as possibly hit, but
+    # none is synced yet at line 20 (its snapshot comes later), so no gap is recorded
+    assert report.gaps == []
 
 
 def test_reconnect_then_fresh_snapshot_resyncs(tmp_path, lines):

@@ -376,11 +376,13 @@ def _fast_book_ticker(payload: bytes):
 
 
 def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport,
-         sync: DepthSync | None = None) -> Iterator[BookRow | TradeRow]:
+         sync: DepthSync | None = None, lines=None) -> Iterator[BookRow | TradeRow]:
     """The `binance-jsonl` reader (registered in `gpu_engine.data.importers.FORMATS`).
 
     `sync`: an existing `DepthSync` to continue (or to inspect while the generator is
     suspended after a row); by default a new one.
+    `lines`: instead of reading `paths`, iterate these `(path, lineno, local_ts_ns, obj)`
+    (what `iter_capture` yields; `obj` the parsed JSON) -- the live recorder's feed.
     """
     want = symbol.upper() if symbol else None
     report.extra.setdefault("exchange", "binance")
@@ -394,7 +396,9 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
     kinds: dict[str, str] = {}  # stream name -> kind ("btcusdt@depth@100ms" -> "depth")
     n_msgs = 0     # counted locally (hot loop), added to the report at the end
     n_ticker = 0
-    for path, lineno, local, obj in iter_capture(paths, report, "stamped", fast=_fast_book_ticker):
+    if lines is None:
+        lines = iter_capture(paths, report, "stamped", fast=_fast_book_ticker)
+    for path, lineno, local, obj in lines:
         n_msgs += 1
         if obj is BOOK_TICKER:
             n_ticker += 1

@@ -31,7 +31,8 @@ verify it). Trades whose trade_id is not above the product's last are duplicates
 Book known wrong -> no rows until the product's next snapshot, recorded as a gap:
 a malformed level (non-number, unknown side; counted in bad_lines), a negative size
 (negative_sizes), a crossed/locked book after an update (crossed), an unparseable line
-that names the product (or, if it names none, every book), a reconnect, a
+that names the product (or, if it names none, every book; a line recognisably of a
+non-book type affects none), a reconnect, a
 sequence_num jump. Without --symbol the first product seen is selected (noted);
 other products' messages are counted in extra["other_symbol"].
 """
@@ -56,6 +57,7 @@ MESSAGE = "message"
 MAX_LISTED_BAD = 5
 
 _PRODUCT_RE = re.compile(rb'"(?:product_id|instId)"\s*:\s*"([^"]+)"')
+_KIND_RE = re.compile(rb'"(?:type|channel)"\s*:\s*"([^"]+)"')
 _day_ns: dict[str, int] = {}
 
 
@@ -108,6 +110,12 @@ def iter_cryptofeed(paths, report: ImportReport) -> Iterator[tuple[str, Path, in
 def product_in(raw: bytes) -> str | None:
     """The product/instrument named in a line that did not parse, if recognisable."""
     m = _PRODUCT_RE.search(raw)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def kind_in(raw: bytes) -> str | None:
+    """The first `type` / `channel` value named in a line that did not parse, if any."""
+    m = _KIND_RE.search(raw)
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
@@ -259,6 +267,8 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 st.lose(st.last_ts or 0, "reconnect: new connection", file=str(path), line=lineno)
             continue
         if kind == BAD:
+            if kind_in(obj) not in (None, "snapshot", "l2update", "l2_data", "update"):
+                continue  # a damaged ticker / match line: no book is affected
             product = product_in(obj)
             for name, st in books.items():
                 if product is None or name == product:

@@ -4,10 +4,11 @@ Shared by every reader (the jsonl formats use all of it; CSV readers can use
 `iter_lines` alone):
 
 * `iter_lines(path, report)` yields `(lineno, bytes)` without the line end. gzip is
-  detected by its magic bytes. A truncated or corrupt gzip stream stops the file
-  with one bad line counted and a note (the lines before it are kept); a file that
-  is not readable at all raises `InputError`. Progress (compressed bytes) goes to
-  `report.advance`.
+  detected by its magic bytes (multi-member streams are fine) and decompressed in
+  blocks. A truncated or corrupt gzip stream stops the file with one bad line
+  counted and a note (the lines before it are kept); a file that is not readable
+  at all raises `InputError`. Progress (compressed bytes) goes to `report.advance`.
+  CSV readers (LOBSTER, Tardis) can use it too.
 * Two capture line shapes:
   - `<local_ts> <json>` (hftbacktest Binance captures): an integer stamp in
     ns, us, ms or s since the epoch; the unit is detected from its magnitude
@@ -19,8 +20,10 @@ Shared by every reader (the jsonl formats use all of it; CSV readers can use
   do not are counted in `report.bad_lines` (first few listed in the notes);
   local stamps going backwards by more than `LOCAL_TS_TOLERANCE_NS` are counted
   in `report.time_backwards` (the message itself is still yielded: its exchange
-  content is unaffected). A file with no usable line at all raises `InputError`
-  naming the file and its first bad line.
+  content is unaffected); blank lines are counted in `extra["blank_lines"]`. A
+  file with no usable line at all raises `InputError` naming the file and its
+  first bad line. A reader may pass `fast(payload)` to skip the JSON parse of
+  lines it only counts.
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ count) is counted in the report and its book row is not emitted.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,38 +111,36 @@ class _NegativeSize(ValueError):
     pass
 
 
-def _book_side(vals: list[int], off: int, levels: int, dummy: int):
-    px = np.full(levels, np.nan)
-    sz = np.zeros(levels)
-    for i in range(levels):
-        p, s = vals[4 * i + off], vals[4 * i + off + 1]
-        if s < 0:
+def _parse_row(vals: list[int], levels: int):
+    """Orderbook row -> (ask_px, ask_sz, bid_px, bid_sz) float arrays [levels] (absent: NaN, 0)
+    and the visible levels as {price: size} dicts per side (ask, bid) for the message check."""
+    out = []
+    dicts = []
+    nan = math.nan
+    for off, dummy in ((0, DUMMY_ASK), (2, DUMMY_BID)):
+        ps, qs = vals[off::4], vals[off + 1::4]
+        if min(qs) < 0:
             raise _NegativeSize("negative size")
-        if p != dummy and s > 0:
-            px[i] = p / PRICE_SCALE
-            sz[i] = s
-    return px, sz
-
-
-def _levels(vals: list[int], off: int, levels: int, dummy: int) -> dict[int, int]:
-    return {vals[4 * i + off]: vals[4 * i + off + 1] for i in range(levels)
-            if vals[4 * i + off] != dummy and vals[4 * i + off + 1] > 0}
+        live = [(p, q) for p, q in zip(ps, qs) if q > 0 and p != dummy]
+        out.append(np.array([p / PRICE_SCALE if q > 0 and p != dummy else nan for p, q in zip(ps, qs)]))
+        out.append(np.array([q if p != dummy else 0 for p, q in zip(ps, qs)], dtype=np.float64))
+        dicts.append(dict(live))
+    return out, dicts
 
 
 def _agrees(kind: int, size: int, price: int, direction: int,
-            prev: list[int], cur: list[int], levels: int) -> bool:
+            prev: list[dict], cur: list[dict], levels: int) -> bool:
     """Does the change prev -> cur equal what one visible-level message says?
 
+    prev/cur: [ask {price: size}, bid {price: size}] of consecutive orderbook rows.
     Expected: the level at `price` on the order's side changes by +size (type 1) or
     -size (types 2-4); every other level on that side is unchanged except levels
     pushed out of / revealed at the visible edge; the other side is unchanged.
     """
-    off_same, dummy_same = (2, DUMMY_BID) if direction == 1 else (0, DUMMY_ASK)
-    off_other, dummy_other = (0, DUMMY_ASK) if direction == 1 else (2, DUMMY_BID)
-    if _levels(prev, off_other, levels, dummy_other) != _levels(cur, off_other, levels, dummy_other):
+    same, other = (1, 0) if direction == 1 else (0, 1)
+    if prev[other] != cur[other]:
         return False
-    before = _levels(prev, off_same, levels, dummy_same)
-    after = _levels(cur, off_same, levels, dummy_same)
+    before, after = prev[same], cur[same]
     worse = (lambda q, w: q < w) if direction == 1 else (lambda q, w: q > w)
 
     def beyond(q: int, side: dict[int, int]) -> bool:  # outside a full visible side
@@ -206,8 +205,7 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 ob = [int(v) for v in oline.decode("ascii").strip().split(",")]
                 if len(ob) != 4 * levels:
                     raise ValueError(f"orderbook row needs {4 * levels} columns")
-                ask_px, ask_sz = _book_side(ob, 0, levels, DUMMY_ASK)
-                bid_px, bid_sz = _book_side(ob, 2, levels, DUMMY_BID)
+                (ask_px, ask_sz, bid_px, bid_sz), ob = _parse_row(ob, levels)
             except _NegativeSize:
                 report.negative_sizes += 1
                 prev_ob = None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gpu_engine.data.feeds.book import LevelError, parse_levels
 from gpu_engine.data.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, BookState, Picker, TradeClock,
-                                            iter_cryptofeed, tick_step, product_in)
+                                            iter_cryptofeed, kind_in, product_in, tick_step)
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 
 BOOK_CHANNELS = {"books", "books-l2-tbt", "books50-l2-tbt"}
@@ -98,6 +98,8 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 st.lose(st.last_ts or 0, "reconnect: new connection", file=str(path), line=lineno)
             continue
         if kind == BAD:
+            if kind_in(obj) not in (None, *BOOK_CHANNELS):
+                continue  # a damaged trades / tickers line: no book is affected
             inst = product_in(obj)
             for name, st in books.items():
                 if inst is None or name == inst:

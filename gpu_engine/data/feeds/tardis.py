@@ -96,7 +96,7 @@ def _kind(path: Path) -> tuple[str, list[str], int]:
         for i in range(levels):
             need((f"asks[{i}].price", f"asks[{i}].amount", f"bids[{i}].price", f"bids[{i}].amount"))
         return "snapshot", header, levels
-    if "id" in cols or ("side" in cols and "amount" in cols):
+    if "id" in cols or "side" in cols:
         need(TRADES)
         return "trades", header, 0
     raise InputError.at(path, 1, None, "unknown Tardis CSV header (expected incremental_book_L2, "
