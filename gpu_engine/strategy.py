@@ -73,6 +73,8 @@ def entry_walk(px, sz, t, desired):
     """Entry fill at tick t: take min(desired, total displayed) walking from level 0.
 
     Returns (qty, vwap); qty == 0.0 when nothing is displayed (the entry is dropped).
+    The first pass stops once the running total reaches `desired` (the sum of positive sizes
+    only grows, so min(desired, total) is then `desired` exactly): fills touch few levels.
     """
     L = px.shape[1]
     total = 0.0
@@ -81,6 +83,8 @@ def entry_walk(px, sz, t, desired):
         s = float(sz[t, l])
         if displayed(p, s):
             total += s
+            if total >= desired:
+                break
     if not total > 0.0:
         return 0.0, 0.0
     q = min(desired, total)
@@ -103,6 +107,8 @@ def exit_walk(px, sz, t, qty, sell):
     """Exit fill at tick t for the whole qty: walk the displayed levels from level 0; what is
     beyond the displayed depth fills at the worst displayed price (lowest bid for a sell,
     highest ask for a buy). Returns (filled, vwap); filled is False when nothing is displayed.
+    The walk stops once the quantity is filled: the worst price matters only when it is not,
+    and then every level has been seen.
     """
     L = px.shape[1]
     rem = qty
@@ -122,10 +128,11 @@ def exit_walk(px, sz, t, qty, sell):
             else:
                 if p > worst:
                     worst = p
-            if rem > 0.0:
-                take = min(rem, s)
-                notional += p * take
-                rem -= take
+            take = min(rem, s)
+            notional += p * take
+            rem -= take
+            if rem <= 0.0:
+                break
     if not seen:
         return False, 0.0
     if rem > 0.0:
@@ -134,14 +141,14 @@ def exit_walk(px, sz, t, qty, sell):
 
 
 @inline
-def top_price(pbid, pask, t, pos, e):
-    """Executable top price p for the open side at tick t (last seen, else the entry VWAP)."""
-    if pos > 0:
-        p = pbid[t]
-    else:
-        p = pask[t]
+def top_price(p, e):
+    """Executable top price: the last-seen top p (pbid[t] or pask[t]), else the entry VWAP.
+
+    Scalars only: passing arrays into an inlined function costs an atomic refcount pair per
+    call, which dominated the per-tick cost of an open position on the CPU.
+    """
     if p != p:
-        p = e
+        return e
     return p
 
 
@@ -295,7 +302,10 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
                         if dd > max_dd:
                             max_dd = dd
         elif state == IN_POSITION:
-            p = top_price(pbid, pask, t, pos, e)
+            if pos > 0:
+                p = top_price(pbid[t], e)
+            else:
+                p = top_price(pask[t], e)
             d = pos * (p - e)
             held = 0.0
             if use_time:
@@ -324,7 +334,10 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
                         target = ts[t] + lat
 
         if state == IN_POSITION or state == EXIT_PENDING:
-            p = top_price(pbid, pask, t, pos, e)
+            if pos > 0:
+                p = top_price(pbid[t], e)
+            else:
+                p = top_price(pask[t], e)
             m = equity + pos * qty * (p - e) - efee
             if m > peak:
                 peak = m
@@ -347,7 +360,10 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
         else:
             ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
         if not ok:
-            v = top_price(pbid, pask, t, pos, e)
+            if pos > 0:
+                v = top_price(pbid[t], e)
+            else:
+                v = top_price(pask[t], e)
         gross = pos * qty * (v - e)
         xfee = fee * v * qty
         pnl = gross - efee - xfee

@@ -111,8 +111,6 @@ def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, mi
     lo, hi = target or attrs.get("target_win_rate") or (0.55, 0.60)
     min_trades = attrs.get("min_trades", 30) if min_trades is None else min_trades
     by = by or attrs.get("objective") or "sharpe"
-    if by == "net_pnl" or by in ("sharpe", "expectancy"):
-        pass
     m, params, n = _flat(ds)
     if by not in m:
         raise InputError(f"--by: unknown metric {by!r} (known: {', '.join(k for k in m if not k.startswith('oos_'))})")
@@ -190,11 +188,11 @@ def heatmap(ds: xr.Dataset, x: str, y: str, metric: str, png: str | Path, agg: s
     if metric not in m:
         raise InputError(f"--metric: unknown metric {metric!r}")
     df = pd.DataFrame({"x": _binned(params[x]), "y": _binned(params[y]), "v": m[metric]})
-    tab = df.pivot_table(index="y", columns="x", values="v", aggfunc=agg)
+    tab = df.pivot_table(index="y", columns="x", values="v", aggfunc=agg, observed=True)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * tab.shape[1], 1.2 + 0.5 * tab.shape[0]))
     im = ax.imshow(tab.values, aspect="auto", origin="lower", cmap="viridis")
-    ax.set_xticks(range(tab.shape[1]), [str(c) for c in tab.columns], rotation=45, ha="right")
-    ax.set_yticks(range(tab.shape[0]), [str(c) for c in tab.index])
+    ax.set_xticks(range(tab.shape[1]), [_fmt(c) for c in tab.columns], rotation=45, ha="right")
+    ax.set_yticks(range(tab.shape[0]), [_fmt(c) for c in tab.index])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(f"{agg} in-sample {metric}")
@@ -210,13 +208,15 @@ def heatmap(ds: xr.Dataset, x: str, y: str, metric: str, png: str | Path, agg: s
 
 
 def _binned(v: np.ndarray):
-    """Categorical values as they are; a continuous parameter with many values in 10 quantile bins."""
-    u = np.unique(v.astype(str))
-    if v.dtype.kind in "fi" and len(u) > 12:
-        import pandas as pd
+    """Values as they are (sorted numerically when numeric); a continuous parameter with many
+    values goes into 10 quantile bins labelled by their ranges, in order."""
+    import pandas as pd
 
-        return pd.qcut(v.astype(float), 10, duplicates="drop").astype(str)
-    return np.array([_fmt(a) for a in v])
+    if v.dtype.kind in "fiu" and len(np.unique(v)) > 12:
+        cut = pd.qcut(v.astype(float), 10, duplicates="drop")
+        labels = [f"{iv.left:.3g}-{iv.right:.3g}" for iv in cut.categories]
+        return pd.Categorical.from_codes(cut.codes, categories=labels, ordered=True)
+    return v
 
 
 def build_parser():

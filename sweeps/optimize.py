@@ -15,11 +15,14 @@ synthetic books are generated when absent), then prints the report of
   win_rate - hi, 0.5 - Wilson lower bound, min_trades - trades, -expectancy
   (no trades counts as win rate 0 and expectancy 0).
 - Every evaluated configuration is saved (a part file per batch under
-  `<out>.parts/`, written before the trials are told) and lands in the cube.
+  `<out>.parts/`, written before the trials are stored) and lands in the cube.
 - Storage defaults to a JournalStorage file `results/optuna.journal`; the
   study name defaults to one derived from space, objective, sampler and seed,
   so the same command after a kill resumes it (or pass `--study NAME`).
-  `--trials` is the study's total of completed trials.
+  `--trials` is the study's total of completed trials. The sampler works on an
+  in-memory mirror of the stored study (loaded with add_trials on start); each
+  batch's finished trials are appended to the storage with one add_trials, so
+  a kill loses at most the batch in flight (its part file is dropped on resume).
 - Afterwards the best `--oos-top` configurations (per-config feasible first,
   then by in-sample objective) are re-evaluated out of sample, the cube is
   written (temp + rename) and the report printed.
@@ -52,7 +55,7 @@ STOP_AFTER_ENV = "SWEEPS_OPTIMIZE_STOP_AFTER"  # test hook: die like kill -9 aft
 def build_parser():
     p = _common.Parser(prog="python -m sweeps.optimize", description=__doc__.splitlines()[0])
     p.add_argument("--space", default=None, help="space file (default sweeps/spaces/default.toml)")
-    p.add_argument("--trials", type=int, default=160, help="completed trials in the study (default %(default)s)")
+    p.add_argument("--trials", type=int, default=96, help="completed trials in the study (default %(default)s)")
     p.add_argument("--batch", type=int, default=32, help="trials per batch / kernel launch (default %(default)s)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     p.add_argument("--target-win-rate", type=float, nargs=2, default=(0.55, 0.60), metavar=("LO", "HI"))
@@ -95,8 +98,12 @@ def make_sampler(name: str, seed: int, batch: int):
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
                                             independent_sampler=optuna.samplers.RandomSampler(seed=seed))
     if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False,
-                                          warn_asynchronous_seeding=False)
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental" notice on every run
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False,
+                                              warn_asynchronous_seeding=False)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -108,9 +115,11 @@ def make_storage(url: str | None):
         return optuna.storages.get_storage(url), url
     path = Path(url.removeprefix("journal://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path))), str(path)
+    # open-lock: cheaper than the default symlink lock here, and also works across processes
+    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend), str(path)
 
 
 # ---------------------------------------------------------------- scoring
@@ -256,7 +265,8 @@ def run(args) -> int:
             for cname, cv in zip(CONSTRAINTS, c):
                 t.set_constraint(cname, float(cv))
             study.tell(t, float(v))
-        persist.add_trials([study.trials[t.number] for t in trials])
+        finished = study.get_trials(deepcopy=False)  # (study.trials deep-copies every trial)
+        persist.add_trials([finished[t.number] for t in trials])
         t_tell = time.perf_counter() - t2
         total = time.perf_counter() - t0
         timings.append({"trials": k, "configs": k * nb, "ask_s": t_ask, "eval_s": t_eval, "tell_s": t_tell,
@@ -270,7 +280,7 @@ def run(args) -> int:
             os._exit(137)  # simulated kill -9
     bar.close()
 
-    ds = assemble(persist, _load_parts(parts), space, args)
+    ds = assemble(study, _load_parts(parts), space, args)
     ds = reevaluate_oos(ds, space, data, cost, args)
     wall = time.perf_counter() - t_start
     opt = sum(t["ask_s"] + t["tell_s"] for t in timings)

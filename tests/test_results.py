@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
-import pytest
 import xarray as xr
 import zarr
 

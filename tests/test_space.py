@@ -27,8 +27,8 @@ def test_default_space_parses_and_covers_the_contract():
                  "max_hold_s", "size_frac", "cooldown"):
         assert name in sp.params
     assert sp.thresholds == "std"
-    assert sp.dense == ["entry", "exit", "take_profit"]
-    assert sp.neighbourhood_size == 8 * 4 * 4
+    assert sp.dense == ["entry", "exit", "take_profit", "stop_loss"]
+    assert sp.neighbourhood_size == 8 * 4 * 4 * 2
     spec = S.feature_spec(sp)
     assert ("log_fair_dev", {}) in spec and ("ofi", {"window": 100}) in spec and ("imbalance1", {}) in spec
 

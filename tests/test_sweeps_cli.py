@@ -10,7 +10,6 @@ import xarray as xr
 
 import gpu_engine
 from gpu_engine import space as space_mod
-from gpu_engine import validation
 from gpu_engine.data import blocks as blocks_mod
 from gpu_engine.data.books import Book, Trades, write_store
 from gpu_engine.enums import METRICS
@@ -162,8 +161,7 @@ def test_grid_resume_equals_uninterrupted_and_sweep(tiny, tmp_path, monkeypatch,
     space = space_mod.load(tiny["space"])
     data = _common.load_data(args, space, log=lambda *x: None)
     st = a.stack(point=["signal", "entry", "exit", "take_profit"])
-    points = {p: np.asarray(st[p].values) if p in st.dims or p in st.coords and st[p].ndim
-              else np.full(st.sizes["point"], st[p].values.item())
+    points = {p: st[p].values if st[p].ndim else np.full(st.sizes["point"], st[p].values.item())
               for p in space.params}
     fields = _common.configs_for(space, points, data, _common.costs(args))
     ref = gpu_engine.sweep(data.is_book, data.is_bank, fields, device="cpu", buckets=8)
@@ -186,6 +184,27 @@ def test_grid_refuses_a_store_of_another_sweep(tiny, tmp_path, capsys):
     capsys.readouterr()
     rc = grid.main(["--space", tiny["space"], "--out", str(out), *_args(tiny, "--fee-bps", "5")])
     assert rc == 2 and "different sweep" in capsys.readouterr().err
+
+
+def test_grid_killed_subprocess_resumes_to_the_same_cube(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "sweeps.grid", "--space", tiny["space"], "--batch", "4", *_args(tiny)]
+    env = {**os.environ, grid.STOP_AFTER_ENV: "1"}
+    killed = subprocess.run(argv + ["--out", str(tmp_path / "k.zarr")], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stderr
+    env.pop(grid.STOP_AFTER_ENV)
+    again = subprocess.run(argv + ["--out", str(tmp_path / "k.zarr")], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "1 resumed" in again.stdout
+    assert grid.main(["--space", tiny["space"], "--out", str(tmp_path / "u.zarr"), "--batch", "4", *_args(tiny)]) == 0
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "k.zarr").drop_attrs(),
+                                xr.open_zarr(tmp_path / "u.zarr").drop_attrs())
+    assert inspect.main([str(tmp_path / "k.zarr"), "--by", "nosuch"]) == 2
 
 
 # ------------------------------------------------------------------ optimize
@@ -224,6 +243,28 @@ def test_optimize_resumes_its_study_from_the_journal(tiny, tmp_path, monkeypatch
         assert key in ds.attrs
     # every trial's value is the median objective of its neighbourhood
     np.testing.assert_allclose(ds["value"].values, np.median(np.nan_to_num(ds["sharpe"].values), axis=1))
+
+
+@pytest.mark.parametrize("sampler", optimize.SAMPLERS)
+def test_every_sampler_runs(tiny, tmp_path, sampler, capsys):
+    out = tmp_path / "o.zarr"
+    rc = optimize.main(["--space", tiny["space"], "--out", str(out), "--storage", str(tmp_path / "j.log"),
+                        "--trials", "4", "--batch", "2", "--sampler", sampler, "--oos-top", "2", *_args(tiny)])
+    assert rc == 0, capsys.readouterr().err
+    ds = xr.open_zarr(out)
+    assert ds.sizes["trial"] == 4 and ds.attrs["sampler"] == sampler
+    assert len(ds.attrs["batches"]) == 2
+
+
+def test_plan_regions_covers_every_cell_once():
+    for shape, batch in [((5, 3, 4), 7), ((2, 2), 100), ((7,), 3), ((3, 1, 5), 5)]:
+        chunks, regions = grid.plan_regions(shape, batch)
+        seen = np.zeros(shape, int)
+        for reg in regions:
+            seen[reg] += 1
+            assert all((s.start % c) == 0 for s, c in zip(reg, chunks))  # whole chunks only
+            assert int(np.prod([s.stop - s.start for s in reg])) <= max(batch, 1) or all(c == 1 for c in chunks[:-1])
+        assert (seen == 1).all()
 
 
 def test_constraints_and_feasibility():

@@ -1,4 +1,4 @@
-"""`python -m gpu_engine.data record`: live Binance WebSocket order book -> book store (+ raw capture).
+"""`python -m gpu_engine.data record`: live Binance / Coinbase WebSocket order book -> book store (+ raw capture).
 
 Owns the live plumbing only: WebSocket (`websockets`) and REST (`httpx`) clients,
 reconnects with exponential backoff + jitter, signal handling, flushing, the raw
@@ -18,6 +18,14 @@ refused by the reader and fetched again. A dropped connection is logged,
 recorded in the store's gaps (kind `disconnect`) and reconnected with backoff;
 if diffs were lost meanwhile, the reader sees the id gap and a fresh snapshot
 resyncs the book (a reconnect that lost nothing keeps a provably continuous book).
+
+Coinbase (Exchange feed, public `level2_batch` + `matches` + `heartbeat`): the
+subscription itself brings the snapshot; lines are written and fed in the cryptofeed
+capture shape that `feeds/coinbase.py` reads (`<seconds>: <json>`, and a
+`<url> <-> <seconds>` header at every connection, which makes the reader drop the
+book until the next snapshot). level2 has no sequence numbers, so a gap is what
+the reader flags (malformed or crossed book) or a dropped connection: either way
+the recorder reconnects, and the new subscription's snapshot resyncs the book.
 
 Bad input: non-JSON frames, unknown streams or message types (logged, counted,
 not written to the capture), an exchange error message (logged, reconnect with
@@ -46,7 +54,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,7 +67,12 @@ EXCHANGES = {
                 "depth_path": "/api/v3/depth", "info_path": "/api/v3/exchangeInfo", "limit": 1000},
     "binance-usdm": {"ws": "wss://fstream.binance.com", "rest": "https://fapi.binance.com",
                      "depth_path": "/fapi/v1/depth", "info_path": "/fapi/v1/exchangeInfo", "limit": 1000},
+    # Exchange feed: level2_batch is the public (unauthenticated) level2 channel, same schema
+    "coinbase": {"ws": "wss://ws-feed.exchange.coinbase.com", "rest": "https://api.exchange.coinbase.com",
+                 "info_path": "/products/{symbol}", "time_path": "/time",
+                 "channels": ("level2_batch", "matches", "heartbeat")},
 }
+COINBASE_FED = frozenset({"snapshot", "l2update", "match", "last_match"})
 SYMBOL_RE = re.compile(r"^[A-Za-z0-9_\-]{2,30}$")
 
 
@@ -108,6 +121,10 @@ class RawCapture:
         self._fh.write(b"%d %s\n" % (local_ts, text.encode("utf-8")))
         self.lines += 1
 
+    def write_line(self, line: str) -> None:
+        self._fh.write(line.encode("utf-8") + b"\n")
+        self.lines += 1
+
     def flush(self) -> None:
         self._fh.flush()
 
@@ -127,9 +144,10 @@ class _LiveSource:
 
     path = Path("<live>")
 
-    def __init__(self):
+    def __init__(self, shape):
         self.inq: queue.SimpleQueue = queue.SimpleQueue()
         self.outq: queue.SimpleQueue = queue.SimpleQueue()
+        self.shape = shape  # (path, lineno, item) -> the tuple the reader's line iterator yields
 
     def __fspath__(self) -> str:  # never opened: only lets Path-minded code name it
         return "<live>"
@@ -142,42 +160,52 @@ class _LiveSource:
             if item is None:
                 return
             lineno += 1
-            yield self.path, lineno, item[0], item[1]
+            yield self.shape(self.path, lineno, item)
 
 
-def _install_live_dispatch(module) -> None:
-    """Let `module.read` iterate a `_LiveSource` where it would call `iter_capture(paths)`.
+def _install_live_dispatch(module, name: str) -> None:
+    """Let `module.read` iterate a `_LiveSource` where it would call its line iterator
+    `name(paths, report, ...)` (`iter_capture` for Binance, `iter_cryptofeed` for Coinbase).
     Other paths go to the original function unchanged (the importer is not affected)."""
-    cur = module.iter_capture
+    cur = getattr(module, name)
     if getattr(cur, "_live_dispatch", False):
         return
 
-    def iter_capture(paths, report, style="stamped", fast=None):
+    def dispatch(paths, report, *args, **kwargs):
         if len(paths) == 1 and isinstance(paths[0], _LiveSource):
             return paths[0].lines()
-        return cur(paths, report, style, fast)
+        return cur(paths, report, *args, **kwargs)
 
-    iter_capture._live_dispatch = True
-    module.iter_capture = iter_capture
+    dispatch._live_dispatch = True
+    setattr(module, name, dispatch)
+
+
+# the line tuples the readers iterate: binance (path, lineno, local_ts, obj);
+# coinbase (kind, path, lineno, local_ts, payload), item = (kind, local_ts, payload)
+_SHAPES = {
+    "binance": ("iter_capture", lambda path, n, item: (path, n, item[0], item[1])),
+    "coinbase": ("iter_cryptofeed", lambda path, n, item: (item[0], path, n, item[1], item[2])),
+}
 
 
 class LiveReader:
     """Drives the importer's generator `read(paths, depth, symbol, report, sync=...)` one line at a
     time, in a worker thread, in lockstep: `feed(local_ts, obj)` returns the rows that line made."""
 
-    def __init__(self, module, depth: int, symbol: str):
+    def __init__(self, module, depth: int, symbol: str, feed: str = "binance"):
         from gpu_engine.data.feeds.events import ImportReport
 
         self.module = module
         self.report = ImportReport()
-        self.sync = module.DepthSync(self.report, depth)
-        self._src = _LiveSource()
-        kwargs = {"sync": self.sync}
+        iter_name, shape = _SHAPES[feed]
+        self.sync = module.DepthSync(self.report, depth) if feed == "binance" else None
+        self._src = _LiveSource(shape)
+        kwargs = {"sync": self.sync} if self.sync is not None else {}
         if "lines" in inspect.signature(module.read).parameters:
             kwargs["lines"] = self._src.lines()
             paths = []
         else:
-            _install_live_dispatch(module)
+            _install_live_dispatch(module, iter_name)
             paths = [self._src]
         self._gen = module.read(paths, depth, symbol, self.report, **kwargs)
         self._error: BaseException | None = None
@@ -203,8 +231,9 @@ class LiveReader:
                 raise RuntimeError(f"live reader stopped: {self._error!r}")
             rows.append(item)
 
-    def feed(self, local_ts: int, obj) -> list:
-        self._src.inq.put((local_ts, obj))
+    def feed(self, *item) -> list:
+        """One line: binance (local_ts, obj); coinbase (kind, local_ts, payload)."""
+        self._src.inq.put(item)
         return self._expect_done()
 
     def close(self) -> None:
@@ -212,14 +241,18 @@ class LiveReader:
         self._thread.join(10)
 
     def needs_snapshot(self) -> bool:
-        """Diffs are buffered and there is no book: a REST snapshot is wanted."""
-        return not self.sync.synced and bool(self.sync.buffer)
+        """Diffs are buffered and there is no book: a REST snapshot is wanted (Binance only)."""
+        return self.sync is not None and not self.sync.synced and bool(self.sync.buffer)
 
 
 # ----------------------------------------------------------------------------- the recorder
 
 class _ExchangeError(Exception):
     """The exchange sent an error message on the stream: reconnect with backoff."""
+
+
+class _Resync(Exception):
+    """Coinbase: the reader lost the book; a new subscription (connection) brings a snapshot."""
 
 
 @dataclass
@@ -244,7 +277,7 @@ class RecordConfig:
 @dataclass
 class RecordStats:
     frames: int = 0
-    conn_frames: int = 0       # frames on the current connection
+    conn_frames: int = 0       # frames on the current connection, counted once fully processed
     messages: int = 0          # frames fed to the reader
     bad_frames: int = 0        # non-JSON / not an object
     unknown: int = 0           # unknown stream or message type
@@ -258,7 +291,6 @@ class RecordStats:
     refused_rows: int = 0
     flushed_rows: int = 0
     lag_ms: float = math.nan   # local receive - exchange event time (last depth/trade)
-    log_lines: list = field(default_factory=list)
 
 
 def _is_loopback(url: str) -> bool:
@@ -283,8 +315,9 @@ class Recorder:
         self.symbol = cfg.symbol.upper()
         self.ws_base = (cfg.ws_url or ex["ws"]).rstrip("/")
         self.rest_base = (cfg.rest_url or ex["rest"]).rstrip("/")
+        self.coinbase = cfg.exchange == "coinbase"
         s = self.symbol.lower()
-        self.streams = (f"{s}@depth@100ms", f"{s}@trade", f"{s}@bookTicker")
+        self.streams = ex["channels"] if self.coinbase else (f"{s}@depth@100ms", f"{s}@trade", f"{s}@bookTicker")
         self.stats = RecordStats()
         self.disconnect_gaps: list[dict] = []
         self._stop: asyncio.Event | None = None
@@ -319,7 +352,7 @@ class Recorder:
         import httpx
 
         from gpu_engine.data.books import BookStoreWriter
-        from gpu_engine.data.feeds import binance
+        from gpu_engine.data.feeds import binance, coinbase
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -333,9 +366,10 @@ class Recorder:
                                      headers={"User-Agent": "gpu-engine-recorder"}) as http:
             info = await self._startup_check(http)
             self.attrs = {
-                "exchange": self.cfg.exchange, "symbol": self.symbol, "format": "binance-jsonl",
+                "exchange": self.cfg.exchange, "symbol": self.symbol,
+                "format": "coinbase-jsonl" if self.coinbase else "binance-jsonl",
                 "tick_size": info.get("tick_size"), "lot_size": info.get("lot_size"),
-                "source": [{"recorder": self.ws_base + "/stream", "rest": self.rest_base, "streams": list(self.streams),
+                "source": [{"recorder": self.ws_url(), "rest": self.rest_base, "streams": list(self.streams),
                             "started_ns": time.time_ns()}],
                 "clock": self.cfg.clock,
             }
@@ -348,17 +382,38 @@ class Recorder:
                     self.raw.close()
                     os.unlink(self.raw.path)
                 raise InputError(str(exc)) from None
-            self.reader = LiveReader(binance, self.cfg.depth, self.symbol)
+            self.reader = (LiveReader(coinbase, self.cfg.depth, self.symbol, "coinbase") if self.coinbase
+                           else LiveReader(binance, self.cfg.depth, self.symbol))
             try:
                 await self._loop_sessions(http, deadline)
-            finally:
+            except InputError:
+                if self.stats.connects == 0:  # never connected: leave nothing behind
+                    self._discard()
+                    raise
                 self._finish()
+                raise
+            except BaseException:
+                self._finish()
+                raise
+            self._finish()
         return 0
+
+    def _discard(self) -> None:
+        import shutil
+
+        self.reader.close()
+        self.writer.abort()
+        shutil.rmtree(self.cfg.out, ignore_errors=True)
+        if self.raw is not None:
+            self.raw.close()
+            self.raw.path.unlink(missing_ok=True)
 
     async def _startup_check(self, http) -> dict:
         """Symbol valid and endpoints reachable, else InputError (exit 2)."""
         import httpx
 
+        if self.coinbase:
+            return await self._startup_check_coinbase(http)
         url = self.rest_base + self.ex["info_path"]
         try:
             r = await http.get(url, params={"symbol": self.symbol})
@@ -381,6 +436,26 @@ class Recorder:
             self._clock_offset = body["serverTime"] * 1_000_000 - time.time_ns()
         return out
 
+    async def _startup_check_coinbase(self, http) -> dict:
+        import httpx
+
+        url = self.rest_base + self.ex["info_path"].format(symbol=self.symbol)
+        try:
+            r = await http.get(url)
+            t = await http.get(self.rest_base + self.ex["time_path"]) if self.cfg.clock == "server" else None
+        except httpx.HTTPError as exc:
+            raise InputError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+        body = _json_or_none(r)
+        if r.status_code in (400, 404):
+            msg = body.get("message") if isinstance(body, dict) else r.text[:80]
+            raise InputError(f"invalid symbol {self.symbol!r} on coinbase: {msg}")
+        if r.status_code != 200 or not isinstance(body, dict):
+            raise InputError(f"{url}: HTTP {r.status_code} at start: {r.text[:200]!r}")
+        tb = _json_or_none(t) if t is not None else None
+        if isinstance(tb, dict) and isinstance(tb.get("epoch"), (int, float)):
+            self._clock_offset = int(tb["epoch"] * 1e9) - time.time_ns()
+        return {"tick_size": _float(body.get("quote_increment")), "lot_size": _float(body.get("base_increment"))}
+
     async def _loop_sessions(self, http, deadline) -> None:
         backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_max)
         self._backoff = backoff
@@ -388,10 +463,24 @@ class Recorder:
         while not self.stopping:
             reason = None
             try:
-                await self._session(http, deadline, first)
+                # a signal also interrupts a connect in progress (open_timeout is 10 s)
+                session = asyncio.ensure_future(self._session(http, deadline, first))
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([session, stop], return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not session.done():
+                    session.cancel()
+                    try:
+                        await session
+                    except (asyncio.CancelledError, Exception):
+                        pass
+                    return
+                session.result()
                 return  # stop or deadline
             except _ExchangeError as exc:
                 reason = f"exchange error: {exc}"
+            except _Resync as exc:
+                reason = f"resync: {exc}"
             except InputError:
                 raise
             except Exception as exc:  # connection dropped, refused, timed out, protocol error
@@ -402,7 +491,8 @@ class Recorder:
             self.stats.disconnects += 1
             t = self._last_ts()
             self.disconnect_gaps.append({"time": t, "reason": reason, "kind": "disconnect",
-                                         "seq": self.reader.sync.local_id, "local_ns": self.now_ns()})
+                                         "seq": self.reader.sync.local_id if self.reader.sync is not None else -1,
+                                         "local_ns": self.now_ns()})
             delay = backoff.next()
             self._log(logging.WARNING, f"{reason}; reconnecting in {delay:.2f} s")
             self._maybe_flush(force=True)
@@ -414,10 +504,13 @@ class Recorder:
                 return
 
     def ws_url(self) -> str:
+        if self.coinbase:
+            return self.ws_base
         return f"{self.ws_base}/stream?streams={'/'.join(self.streams)}"
 
     def _last_ts(self) -> int:
-        bt = self.reader.sync.book_ts if self.reader is not None else None
+        sync = self.reader.sync if self.reader is not None else None
+        bt = sync.book_ts if sync is not None else None
         return int(bt) if bt is not None else self.now_ns()
 
     async def _session(self, http, deadline, first: bool) -> None:
@@ -429,6 +522,13 @@ class Recorder:
             self.stats.connects += 1
             self.stats.conn_frames = 0
             self._log(logging.INFO, f"connected to {url}")
+            if self.coinbase:  # a connection header line (the reader drops every book), then subscribe
+                local = self.now_ns()
+                if self.raw is not None:
+                    self.raw.write_line(f"{url} <-> {_secs(local)}")
+                self.reader.feed("connect", local, url.encode())
+                await ws.send(json.dumps({"type": "subscribe", "product_ids": [self.symbol],
+                                          "channels": list(self.streams)}))
             snap_task: asyncio.Task | None = None
             snap_backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_max)
             recv = asyncio.ensure_future(ws.recv())
@@ -470,9 +570,16 @@ class Recorder:
     def _on_frame(self, frame) -> None:
         local = self.now_ns()
         self.stats.frames += 1
-        self.stats.conn_frames += 1
         self._status_msgs += 1
+        try:
+            self._handle_frame(local, frame)
+        finally:
+            self.stats.conn_frames += 1
+
+    def _handle_frame(self, local: int, frame) -> None:
         text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+        if self.coinbase:
+            return self._handle_coinbase(local, text)
         try:
             obj = json.loads(text)
         except ValueError as exc:
@@ -485,7 +592,7 @@ class Recorder:
             return
         if "stream" in obj:
             stream = obj.get("stream")
-            if stream not in self.streams or not isinstance(obj.get("data"), dict):
+            if not self._our_stream(stream) or not isinstance(obj.get("data"), dict):
                 self.stats.unknown += 1
                 self._log_limited(f"unknown stream or message ignored: {text[:80]!r}")
                 return
@@ -506,6 +613,70 @@ class Recorder:
         self.stats.unknown += 1
         self._log_limited(f"unknown message type ignored: {text[:80]!r}")
 
+    def _handle_coinbase(self, local: int, text: str) -> None:
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            self.stats.bad_frames += 1
+            self._log_limited(f"non-JSON frame ignored ({exc}): {text[:80]!r}")
+            return
+        if not isinstance(obj, dict):
+            self.stats.bad_frames += 1
+            self._log_limited(f"frame is not a JSON object, ignored: {text[:80]!r}")
+            return
+        mtype = obj.get("type")
+        if mtype == "error":
+            self.stats.exchange_errors += 1
+            raise _ExchangeError(f"{obj.get('message')}: {obj.get('reason')}")
+        if mtype in ("subscriptions", "heartbeat"):
+            return
+        if mtype not in COINBASE_FED or obj.get("product_id") != self.symbol:
+            self.stats.unknown += 1
+            self._log_limited(f"unknown message type or product ignored: {text[:80]!r}")
+            return
+        if mtype == "l2update" and isinstance(obj.get("time"), str):
+            try:
+                from gpu_engine.data.feeds.coinbase import iso_to_ns
+
+                self.stats.lag_ms = (local - iso_to_ns(obj["time"])) / 1e6
+            except ValueError:
+                pass
+        if "\n" in text:
+            text = json.dumps(obj, separators=(",", ":"))
+        if self.raw is not None:
+            self.raw.write_line(f"{_secs(local)}: {text}")
+        self.stats.messages += 1
+        n_gaps = len(self.reader.report.gaps)
+        self._store(self.reader.feed("message", local, obj))
+        gaps = self.reader.report.gaps
+        if len(gaps) > n_gaps:
+            for g in gaps[n_gaps:]:
+                self._log(logging.WARNING, f"gap: {g.get('reason')}; resubscribing for a new snapshot")
+            raise _Resync(gaps[-1].get("reason"))
+
+    def _store(self, rows) -> None:
+        w = self.writer
+        for row in rows:
+            try:
+                if hasattr(row, "bid_px"):
+                    w.append_row(row)
+                    self.stats.rows += 1
+                else:
+                    w.append_trade(row)
+                    self.stats.trades += 1
+            except ValueError as exc:  # out-of-order time: never corrupt the store
+                self.stats.refused_rows += 1
+                self._log(logging.WARNING, f"row refused by the store: {exc}")
+
+    def _our_stream(self, stream) -> bool:
+        """One of the subscribed streams (a diff-depth stream at any update speed)."""
+        if stream in self.streams:
+            return True
+        if not isinstance(stream, str):
+            return False
+        sym, _, rest = stream.partition("@")
+        return sym == self.symbol.lower() and (rest == "depth" or re.fullmatch(r"depth@\d+ms", rest) is not None)
+
     def _log_limited(self, msg: str) -> None:
         n = self.stats.bad_frames + self.stats.unknown
         if n <= 20 or n % 1000 == 0:
@@ -522,24 +693,13 @@ class Recorder:
         was_synced = self.reader.sync.synced
         n_stale = self.reader.report.stale_snapshots
         rows = self.reader.feed(local, obj)
+        self._store(rows)
         if "lastUpdateId" in obj:
             if self.reader.report.stale_snapshots > n_stale:
                 self._log(logging.WARNING, f"snapshot lastUpdateId={obj['lastUpdateId']} is older than the "
                                            "buffered updates (stale): fetching another")
             elif not was_synced and self.reader.sync.synced:
                 self._log(logging.INFO, f"book synced from snapshot lastUpdateId={obj['lastUpdateId']}")
-        w = self.writer
-        for row in rows:
-            try:
-                if hasattr(row, "bid_px"):
-                    w.append_row(row)
-                    self.stats.rows += 1
-                else:
-                    w.append_trade(row)
-                    self.stats.trades += 1
-            except ValueError as exc:  # out-of-order time: never corrupt the store
-                self.stats.refused_rows += 1
-                self._log(logging.WARNING, f"row refused by the store: {exc}")
         gaps = self.reader.report.gaps
         for g in gaps[n_gaps:]:
             self._log(logging.WARNING, f"gap at seq {g.get('seq')}: {g.get('reason')}; resyncing from a new snapshot")
@@ -653,6 +813,11 @@ class Recorder:
         sys.stderr.flush()
 
 
+def _secs(ns: int) -> str:
+    """ns -> exact decimal seconds, the cryptofeed stamp the Coinbase reader parses."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
 def _json_or_none(r):
     try:
         return r.json()
@@ -670,10 +835,9 @@ def _float(v):
 # ----------------------------------------------------------------------------- CLI
 
 def _run(args) -> int:
-    if args.exchange == "coinbase":
-        raise InputError("--exchange coinbase: not recordable yet (needs a live entry point in "
-                         "gpu_engine.data.feeds.coinbase); use binance or binance-usdm")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("httpx", "httpcore", "websockets"):  # one line per request/frame is noise
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = RecordConfig(
         exchange=args.exchange, symbol=args.symbol, out=Path(args.out), depth=args.depth,
         duration=None if args.duration is None else parse_duration(args.duration),

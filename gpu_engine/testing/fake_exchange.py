@@ -14,10 +14,13 @@
 The snapshot is real: the exchange keeps a full-depth book that starts from the capture's
 own REST snapshot line and applies every diff the replay passes (whether or not a client
 received it), so a snapshot asked for at any point is the book at the last diff replayed,
-`lastUpdateId` = that diff's `u`. While the replay has not yet passed the capture's snapshot
-id, the capture's snapshot line itself is served, byte for byte.
+`lastUpdateId` = that diff's `u`. Until the replay passes the capture's snapshot line (its
+position in the file), requests get that line byte for byte; with `hold_snapshot` (default)
+the replay waits there for the first request, since that is where the capture's own REST
+answer arrived. A recorder that syncs at the start therefore sees the capture's own start.
 
-Replay pace: `speed` x the capture's local clock (`speed=0`: as fast as the client reads;
+Replay pace: `speed` x the capture's local clock, each message timed from the previous one
+(so a pause is not followed by a catch-up burst); `speed=0`: as fast as the client reads;
 `send` waits on the socket, so the replay never runs ahead of a slow client). With
 `pause_when_idle` (default) the replay waits while no client is connected, so a reconnect
 loses only what a cue says it loses.
@@ -455,18 +458,19 @@ class FakeExchange:
     async def _replay(self) -> None:
         await self._go.wait()
         msgs = self.capture.messages
-        t0_wall = time.monotonic()
-        t0_cap = msgs[0].local_ns if msgs else 0
+        last_wall = time.monotonic()
+        last_cap = msgs[0].local_ns if msgs else 0
         for i, m in enumerate(msgs):
             if i == self.capture.snapshot_pos and not self._past_snap:
                 if self.hold_snapshot:  # as in the capture: the REST answer came in here
                     await self._snap_served.wait()
                 self._past_snap = True
-            if self.speed > 0:
-                due = t0_wall + (m.local_ns - t0_cap) / 1e9 / self.speed
+            if self.speed > 0:  # paced from the previous message: no catch-up burst after a pause
+                due = last_wall + max(0, m.local_ns - last_cap) / 1e9 / self.speed
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                last_wall, last_cap = max(due, time.monotonic() - 0.05), m.local_ns
             for name, args in self._schedule.pop(i, ()):
                 if name == "wait":  # hold the replay until predicate() (a test's sync point)
                     predicate, timeout = args[0], (args[1] if len(args) > 1 else 10.0)
@@ -589,3 +593,203 @@ def write_synthetic_capture(path, n_updates: int = 200, symbol: str = "TESTUSDT"
     with opener(path, "wt", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------- Coinbase
+
+def load_cryptofeed_capture(path, product: str) -> list[tuple[int, str, dict]]:
+    """(local_ns, json text, obj) of one product's data lines in a cryptofeed Coinbase capture."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("wss://") or line.startswith("ws://"):
+                continue
+            stamp, sep, text = line.rstrip("\n").partition(": ")
+            if not sep:
+                continue
+            obj = json.loads(text)
+            if obj.get("product_id") == product:
+                whole, _, frac = stamp.partition(".")
+                out.append((int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]), text, obj))
+    return out
+
+
+_CB_CHANNEL = {"l2update": "level2", "snapshot": "level2", "match": "matches", "last_match": "matches"}
+
+
+class FakeCoinbase:
+    """A loopback Coinbase Exchange feed replaying one product of a cryptofeed capture.
+
+    WebSocket at `ws://127.0.0.1:PORT` (send `{"type":"subscribe","product_ids":[P],
+    "channels":[...]}`; an unknown product gets `{"type":"error",...}`), REST
+    `/products/{id}` (404 `NotFound` for another product) and `/time`. The first
+    subscription gets the capture's own snapshot line; a later one (a reconnect) gets a
+    snapshot of the exchange's book at that point (capture snapshot + every l2update
+    replayed so far). Cues: `drop(lost=0)`, `inject(text)`, `schedule(index, name, *args)`.
+    """
+
+    def __init__(self, capture, product: str, *, speed: float = 0.0, pause_when_idle: bool = True):
+        self.product = product
+        self.messages = load_cryptofeed_capture(capture, product)
+        first = next((i for i, (_, _, o) in enumerate(self.messages) if o.get("type") == "snapshot"), None)
+        if first is None:
+            raise ValueError(f"{capture}: no snapshot for {product}")
+        self.messages = self.messages[first:]
+        self.speed = float(speed)
+        self.pause_when_idle = pause_when_idle
+        self.port = 0
+        self.stats = Stats()
+        self._schedule: dict[int, list[tuple[str, tuple]]] = defaultdict(list)
+        self._clients: list = []
+        self._lost = 0
+        self._bids: _Side | None = None
+        self._asks: _Side | None = None
+        self._pos = 0
+        self.done = threading.Event()
+        self._ready = threading.Event()
+        self._loop = None
+        self._thread = None
+        self._error = None
+
+    ws_url = property(lambda self: f"ws://127.0.0.1:{self.port}")
+    rest_url = property(lambda self: f"http://127.0.0.1:{self.port}")
+    start = FakeExchange.start
+    stop = FakeExchange.stop
+    __enter__ = FakeExchange.__enter__
+    __exit__ = FakeExchange.__exit__
+    _thread_main = FakeExchange._thread_main
+    _call = FakeExchange._call
+    _json_response = FakeExchange._json_response
+
+    def schedule(self, index: int, name: str, *args) -> None:
+        if name not in ("drop", "inject"):
+            raise ValueError(f"unknown cue {name!r}")
+        self._schedule[int(index)].append((name, args))
+
+    def drop(self, lost: int = 0) -> None:
+        self._call(lambda: self._drop(lost))
+
+    def inject(self, text: str) -> None:
+        self._call(lambda: asyncio.ensure_future(self._inject(text)))
+
+    def _drop(self, lost: int) -> None:
+        """Abort every connection; the next `lost` messages happen while nobody listens
+        (applied to the book, so the reconnect's snapshot includes them)."""
+        FakeExchange._drop(self, 0)
+        for _ in range(int(lost)):
+            if self._pos < len(self.messages):
+                self._apply(self.messages[self._pos][2])
+                self._pos += 1
+                self.stats.lost += 1
+
+    _inject = FakeExchange._inject
+
+    def _apply(self, obj: dict) -> None:
+        if obj.get("type") == "l2update":
+            for side, p, q in obj.get("changes", ()):
+                (self._bids if side == "buy" else self._asks).apply([(p, q)])
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._t_start = time.monotonic()
+        self._stop = asyncio.Event()
+        self._client_event = asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", self.port, process_request=self._process_request,
+                         ping_interval=None, max_size=None) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            replay = asyncio.ensure_future(self._replay())
+            self._ready.set()
+            await self._stop.wait()
+            replay.cancel()
+            for c in list(self._clients):
+                c.ws.transport.abort()
+
+    async def _process_request(self, connection, request):
+        url = urlsplit(request.path)
+        if url.path == "/":
+            return None
+        if url.path == "/time":
+            t = self.messages[0][0] / 1e9 + (time.monotonic() - self._t_start)
+            return self._json_response(connection, 200, {"iso": "", "epoch": t})
+        if url.path.startswith("/products/"):
+            pid = url.path.rsplit("/", 1)[1]
+            if pid != self.product:
+                return self._json_response(connection, 404, {"message": "NotFound"})
+            return self._json_response(connection, 200, {"id": pid, "quote_increment": "0.0001",
+                                                         "base_increment": "0.1", "status": "online"})
+        return self._json_response(connection, 404, {"message": "NotFound"})
+
+    def _snapshot_text(self) -> str:
+        if self._bids is None:  # the first subscription: the capture's own snapshot line
+            return self.messages[0][1]
+        return json.dumps({"type": "snapshot", "product_id": self.product, "bids": self._bids.top(10 ** 6),
+                           "asks": self._asks.top(10 ** 6)}, separators=(",", ":"))
+
+    async def _handler(self, ws) -> None:
+        try:
+            sub = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        except Exception:
+            return
+        if sub.get("type") != "subscribe" or self.product not in (sub.get("product_ids") or []):
+            await ws.send(json.dumps({"type": "error", "message": "Failed to subscribe",
+                                      "reason": f"{(sub.get('product_ids') or ['?'])[0]} is not a valid product"}))
+            return
+        await ws.send(json.dumps({"type": "subscriptions", "channels": [
+            {"name": c, "product_ids": [self.product]} for c in sub.get("channels") or []]}))
+        await ws.send(self._snapshot_text())
+        if self._bids is None:
+            snap = self.messages[0][2]
+            self._bids = _Side(snap["bids"], reverse=True)
+            self._asks = _Side(snap["asks"], reverse=False)
+            self._pos = 1
+        client = _Client(ws, set(sub.get("channels") or []), set())
+        self._clients.append(client)
+        self.stats.connections += 1
+        self._client_event.set()
+        try:
+            await ws.wait_closed()
+        finally:
+            if client in self._clients:
+                self._clients.remove(client)
+
+    def _fire(self, name, args) -> None:
+        if name == "drop":
+            self._drop(*args)
+        else:
+            asyncio.ensure_future(self._inject(*args))
+
+    async def _replay(self) -> None:
+        i = None
+        while True:
+            while not self._clients or self._bids is None:
+                self._client_event.clear()
+                await self._client_event.wait()
+            i = self._pos
+            if i >= len(self.messages):
+                break
+            local, text, obj = self.messages[i]
+            for name, args in self._schedule.pop(i, ()):
+                self._fire(name, args)
+            if self._pos != i or (self.pause_when_idle and not self._clients):
+                continue  # a drop: wait for the reconnect, then go on from where it left off
+            self._pos = i + 1
+            self._apply(obj)
+            self.stats.replayed += 1
+            if self.speed > 0 and i + 1 < len(self.messages):
+                await asyncio.sleep(max(0, self.messages[i + 1][0] - local) / 1e9 / self.speed)
+            channel = _CB_CHANNEL.get(obj.get("type"), obj.get("type"))
+            for c in list(self._clients):
+                if channel not in c.streams and not (channel == "level2" and "level2_batch" in c.streams):
+                    continue
+                try:
+                    await c.ws.send(text)
+                    self.stats.sent += 1
+                except Exception:
+                    if c in self._clients:
+                        self._clients.remove(c)
+            await asyncio.sleep(0)
+        self.done.set()

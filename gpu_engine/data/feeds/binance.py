@@ -251,6 +251,8 @@ class DepthSync:
             self.out_of_range = False
             r.gaps[-1]["until"] = ev.ts
         if bid_px[-1] < self.bid_floor or ask_px[-1] > self.ask_ceiling:
+            bid_px, ask_px, bid_sz, ask_sz = (x.copy() for x in top)  # top's arrays are read-only
+            top = (bid_px, ask_px, bid_sz, ask_sz)
             cut = bid_px < self.bid_floor
             bid_px[cut] = np.nan
             bid_sz[cut] = 0

@@ -39,15 +39,17 @@ def parse_levels(levels, field: str = "levels") -> list[tuple[float, float]]:
     if type(levels) is not list or not _PAIR_TYPES.issuperset(map(type, levels)):
         raise LevelError("bad_number", f"{field}: not a list of [price, size] lists")
     try:
-        ps = [float(lv[0]) for lv in levels]
-        qs = [float(lv[1]) for lv in levels]
+        try:
+            out = [(float(p), float(q)) for p, q in levels]  # [price, size] pairs (Binance, Coinbase)
+        except ValueError:
+            out = [(float(lv[0]), float(lv[1])) for lv in levels]  # longer rows (OKX)
     except (TypeError, ValueError, IndexError, KeyError):
         return _parse_levels_slow(levels, field)
-    if ps:
-        total = sum(ps) + sum(qs)  # NaN or inf if any value is (or the sum overflows)
-        if not (total < math.inf) or min(ps) <= 0.0 or min(qs) < 0.0:
+    inf = math.inf
+    for p, q in out:
+        if not (0.0 < p < inf and 0.0 <= q < inf):  # also false for NaN
             return _parse_levels_slow(levels, field)
-    return list(zip(ps, qs))
+    return out
 
 
 def _parse_levels_slow(levels, field: str) -> list[tuple[float, float]]:
@@ -72,19 +74,23 @@ def _parse_levels_slow(levels, field: str) -> list[tuple[float, float]]:
 class PriceLevelBook:
     """Both sides of an L2 book with absolute-size level updates."""
 
-    __slots__ = ("bids", "asks", "_bk", "_ak")
+    __slots__ = ("bids", "asks", "_bk", "_ak", "_bc", "_ac")
 
     def __init__(self):
-        self.bids: dict[float, float] = {}
+        self.bids: dict[float, float] = {}  # read-only outside this class (the top caches)
         self.asks: dict[float, float] = {}
         self._bk: list[float] = []  # negated bid prices, ascending (best first)
         self._ak: list[float] = []  # ask prices, ascending (best first)
+        self._bc: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # L -> cached top-L bid (px, sz)
+        self._ac: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def clear(self) -> None:
         self.bids.clear()
         self.asks.clear()
         self._bk.clear()
         self._ak.clear()
+        self._bc.clear()
+        self._ac.clear()
 
     def apply_snapshot(self, bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]]) -> None:
         """Replace the whole book (levels with size 0 are dropped)."""
@@ -97,8 +103,11 @@ class PriceLevelBook:
                 self.asks[p] = q
         self._bk = sorted(-p for p in self.bids)
         self._ak = sorted(self.asks)
+        self._bc.clear()
+        self._ac.clear()
 
     def set_bid(self, p: float, q: float) -> None:
+        self._bc.clear()
         d = self.bids
         if q > 0.0:
             if p not in d:
@@ -111,6 +120,7 @@ class PriceLevelBook:
             del keys[bisect_left(keys, -p)]
 
     def set_ask(self, p: float, q: float) -> None:
+        self._ac.clear()
         d = self.asks
         if q > 0.0:
             if p not in d:
@@ -124,8 +134,10 @@ class PriceLevelBook:
 
     def update(self, bids: Iterable[tuple[float, float]] = (), asks: Iterable[tuple[float, float]] = ()) -> None:
         """Apply absolute level sizes on both sides (0 deletes); set_bid/set_ask in a batch."""
-        _update_side(self.bids, self._bk, bids, True)
-        _update_side(self.asks, self._ak, asks, False)
+        if _update_side(self.bids, self._bk, bids, True, max(self._bc, default=0)):
+            self._bc.clear()
+        if _update_side(self.asks, self._ak, asks, False, max(self._ac, default=0)):
+            self._ac.clear()
 
     # -- reading
     def best_bid(self) -> tuple[float, float]:
@@ -152,34 +164,49 @@ class PriceLevelBook:
         return len(self._bk) + len(self._ak)
 
     def top(self, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(bid_px f64[L], ask_px f64[L], bid_sz f32[L], ask_sz f32[L]); absent levels NaN / 0."""
-        bk = self._bk[:L]
-        ak = self._ak[:L]
-        b = self.bids
-        a = self.asks
-        bs = [b[-k] for k in bk]
-        as_ = [a[k] for k in ak]
-        if len(bk) < L:
-            pad = L - len(bk)
-            bk = bk + [math.nan] * pad
-            bs = bs + [0.0] * pad
-        if len(ak) < L:
-            pad = L - len(ak)
-            ak = ak + [math.nan] * pad
-            as_ = as_ + [0.0] * pad
-        bid_px = np.array(bk)
-        np.negative(bid_px, out=bid_px)
-        return bid_px, np.array(ak), np.array(bs, np.float32), np.array(as_, np.float32)
+        """(bid_px f64[L], ask_px f64[L], bid_sz f32[L], ask_sz f32[L]); absent levels NaN / 0.
+
+        The arrays are read-only: a side whose top L did not change since the last call
+        returns the same arrays again (copy before modifying).
+        """
+        b = self._bc.get(L)
+        if b is None:
+            b = self._bc[L] = _side_top(self._bk, self.bids, L, True)
+        a = self._ac.get(L)
+        if a is None:
+            a = self._ac[L] = _side_top(self._ak, self.asks, L, False)
+        return b[0], a[0], b[1], a[1]
 
     def levels(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Every level, best first: ([(bid px, size)...], [(ask px, size)...])."""
         return ([(-k, self.bids[-k]) for k in self._bk], [(k, self.asks[k]) for k in self._ak])
 
 
-def _update_side(d: dict, keys: list, levels, negate: bool) -> None:
-    """set_bid / set_ask for a batch of levels, inlined for speed (import bar)."""
+def _side_top(keys: list, d: dict, L: int, negate: bool) -> tuple[np.ndarray, np.ndarray]:
+    ks = keys[:L]
+    sz = [d[-k] for k in ks] if negate else [d[k] for k in ks]
+    if len(ks) < L:
+        pad = L - len(ks)
+        ks = ks + [math.nan] * pad
+        sz = sz + [0.0] * pad
+    px = np.array(ks)
+    if negate:
+        np.negative(px, out=px)
+    sz = np.array(sz, np.float32)
+    px.flags.writeable = False
+    sz.flags.writeable = False
+    return px, sz
+
+
+def _update_side(d: dict, keys: list, levels, negate: bool, L: int) -> bool:
+    """set_bid / set_ask for a batch of levels, inlined for speed (import bar).
+    Returns whether the top `L` levels may have changed (L = 0: not tracked)."""
+    thr = keys[L - 1] if 0 < L <= len(keys) else math.inf  # a key <= thr is within the top L
+    touched = False
     for p, q in levels:
         k = -p if negate else p
+        if k <= thr:
+            touched = True
         if q > 0.0:
             if p not in d:
                 keys.insert(bisect_left(keys, k), k)
@@ -187,3 +214,4 @@ def _update_side(d: dict, keys: list, levels, negate: bool) -> None:
         elif p in d:
             del d[p]
             del keys[bisect_left(keys, k)]
+    return touched
