@@ -45,8 +45,8 @@ def _flat(ds: xr.Dataset) -> tuple[dict, dict, int]:
             continue
         arr = xr.broadcast(c, ds["trades"])[0].transpose(*cfg_dims).values if c.ndim else np.full(shape, c.values)
         params[name] = np.asarray(arr).reshape(n)
-    if ds.attrs.get("kind") == "optimize":
-        params = {k: params[k] for k in _param_order(ds) if k in params}
+    order = _param_order(ds)
+    params = {k: params[k] for k in sorted(params, key=lambda k: order.index(k) if k in order else len(order))}
     return metrics, params, n
 
 

@@ -49,6 +49,8 @@ def compile_and_assemble(tmp: Path) -> str:
 
     ptx, _ = cuda.compile_ptx(sweep_cuda_pyfunc, kernel_signature(), cc=(9, 0))
     assert ".target sm_90" in ptx
+    # no fused multiply-adds: the GPU rounds like the CPU kernel (kernels/cuda.py, -fma=0)
+    assert "fma.rn.f64" not in ptx
     src = tmp / "sweep.ptx"
     src.write_text(ptx)
     ptxas = _ptxas()

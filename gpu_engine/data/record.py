@@ -8,7 +8,11 @@ every frame becomes exactly the capture line the importer reads (`<local_ts_ns>
 importer's own reader (`gpu_engine.data.feeds.binance.read` with its `DepthSync`).
 So a recording equals the import of its own `--raw` capture by construction, and
 the rows go to the shared `BookStoreWriter` (incremental: every flushed row is
-readable after a `kill -9`).
+readable after a `kill -9`). The readers are file-level generators, so `LiveReader`
+runs one in a worker thread, in lockstep with the event loop (one line in, that
+line's rows out), with its line iterator (`iter_capture` / `iter_cryptofeed`)
+answering for a live source and passing every other path to the original. A
+`lines=` parameter on a reader, if it ever has one, is used instead.
 
 Sync (REFERENCE section 5): subscribe to `<sym>@depth@100ms`, `<sym>@trade`,
 `<sym>@bookTicker` on the combined-stream endpoint; when the reader holds
@@ -858,7 +862,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--depth", type=int, default=20, help="levels per side stored (default 20)")
     p.add_argument("--duration", default=None, help="stop after this long (e.g. 90s, 30m, 1h; default: until signalled)")
     p.add_argument("--out", required=True, help="output book store (must not exist), e.g. data/books/x.zarr")
-    p.add_argument("--raw", default=None, help="also write the raw capture here (<local_ts_ns> <json> lines; .gz ok)")
+    p.add_argument("--raw", default=None, help="also write the raw capture here, in the format the importer reads (Binance "
+                        "'<local_ts_ns> <json>', Coinbase cryptofeed '<seconds>: <json>'; .gz ok)")
     p.add_argument("--ws-url", default=None, help="WebSocket base URL (default: the exchange's)")
     p.add_argument("--rest-url", default=None, help="REST base URL (default: the exchange's)")
     p.add_argument("--flush-seconds", type=float, default=5.0, help="flush the store at least this often (default 5)")

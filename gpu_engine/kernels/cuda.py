@@ -22,6 +22,34 @@ run_config = python_twin("run_config") if simulator_enabled() else _compiled_run
 THREADS_PER_BLOCK = 128
 
 
+def _disable_fma_contraction() -> None:
+    """Compile with NVVM's `-fma=0` so that the GPU rounds every multiply and add like the CPU.
+
+    NVVM contracts a*b+c into one fused multiply-add by default (numba-cuda exposes no switch
+    short of fastmath), which moves money values by an ulp and can flip a threshold test on
+    an exact tie; the CPU kernel (LLVM without fastmath) never contracts. numba-cuda passes
+    its options to `nvvm.compile_ir`, looked up at call time, so wrapping it adds `fma=False`
+    unless fastmath was asked for. tests/test_ptx.py checks the PTX has no fma.rn.f64.
+    """
+    from numba.cuda.cudadrv import nvvm
+
+    if getattr(nvvm.compile_ir, "_gpu_engine_no_fma", False):
+        return
+    original = nvvm.compile_ir
+
+    def compile_ir(llvmir, **options):
+        if not options.get("fastmath"):
+            options.setdefault("fma", False)
+        return original(llvmir, **options)
+
+    compile_ir._gpu_engine_no_fma = True
+    nvvm.compile_ir = compile_ir
+
+
+if not simulator_enabled():
+    _disable_fma_contraction()
+
+
 def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
                 signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                 size_frac, max_qty, cooldown, fee_bps, latency, capital,

@@ -121,10 +121,10 @@ def test_recording_a_replay_equals_its_import(real_dir, tmp_path, name):
 
 
 def test_soak_100_disconnects_100_gaps_and_bad_input(real_dir, spot_capture, tmp_path, caplog):
-    n = 10500
+    n = 14000
     cap = load_capture(spot_capture, limit=n)
     depth_at = [i for i, m in enumerate(cap.messages) if m.depth is not None and i > 200]
-    assert len(depth_at) >= 800
+    assert len(depth_at) >= 1000
     fx = FakeExchange(cap)
     rec_box = []
 
@@ -136,18 +136,19 @@ def test_soak_100_disconnects_100_gaps_and_bad_input(real_dir, spot_capture, tmp
                 and rec_box[0].reader.sync.synced)
     for k in range(100):
         # abort the connection, losing 2-5 messages from a diff on: the next diff reveals the hole
-        fx.schedule(depth_at[8 * k], "wait", caught_up)
-        fx.schedule(depth_at[8 * k], "drop", 2 + k % 4)
-        # withhold one diff: a sequence gap
-        fx.schedule(depth_at[8 * k + 4], "wait", caught_up)
-        fx.schedule(depth_at[8 * k + 4], "skip", 1)
+        fx.schedule(depth_at[10 * k], "wait", caught_up)
+        fx.schedule(depth_at[10 * k], "drop", 2 + k % 4)
+        # withhold one diff: a sequence gap (5 diffs later: the drop's hole was revealed by then,
+        # so the two holes never merge into one gap)
+        fx.schedule(depth_at[10 * k + 5], "wait", caught_up)
+        fx.schedule(depth_at[10 * k + 5], "skip", 1)
     for k in range(0, 100, 10):                                  # bad input along the way
-        fx.schedule(depth_at[8 * k + 2], "inject", "this is not json")
-        fx.schedule(depth_at[8 * k + 2], "inject", '{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}')
-        fx.schedule(depth_at[8 * k + 2], "inject", '{"hello":"unknown message type"}')
-        fx.schedule(depth_at[8 * k + 3], "http_errors", 429, 503)
-        fx.schedule(depth_at[8 * k + 3], "stale_snapshots", 1)
-    fx.schedule(depth_at[796], "inject", '{"error":{"code":2,"msg":"Invalid request: unknown variant"},"id":null}')
+        fx.schedule(depth_at[10 * k + 3], "inject", "this is not json")
+        fx.schedule(depth_at[10 * k + 3], "inject", '{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}')
+        fx.schedule(depth_at[10 * k + 3], "inject", '{"hello":"unknown message type"}')
+        fx.schedule(depth_at[10 * k + 4], "http_errors", 429, 503)
+        fx.schedule(depth_at[10 * k + 4], "stale_snapshots", 1)
+    fx.schedule(depth_at[995], "inject", '{"error":{"code":2,"msg":"Invalid request: unknown variant"},"id":null}')
     caplog.set_level(logging.INFO, logger="gpu_engine.data.record")
     with fx:
         rec = _record(fx, tmp_path, box=rec_box)
