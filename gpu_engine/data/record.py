@@ -8,11 +8,10 @@ every frame becomes exactly the capture line the importer reads (`<local_ts_ns>
 importer's own reader (`gpu_engine.data.feeds.binance.read` with its `DepthSync`).
 So a recording equals the import of its own `--raw` capture by construction, and
 the rows go to the shared `BookStoreWriter` (incremental: every flushed row is
-readable after a `kill -9`). The readers are file-level generators, so `LiveReader`
-runs one in a worker thread, in lockstep with the event loop (one line in, that
-line's rows out), with its line iterator (`iter_capture` / `iter_cryptofeed`)
-answering for a live source and passing every other path to the original. A
-`lines=` parameter on a reader, if it ever has one, is used instead.
+readable after a `kill -9`). The readers are generators over capture lines, so
+`LiveReader` runs one in a worker thread, in lockstep with the event loop (one line
+in, that line's rows out), handing it the live lines through the reader's `lines=`
+parameter.
 
 Sync (REFERENCE section 5): subscribe to `<sym>@depth@100ms`, `<sym>@trade`,
 `<sym>@bookTicker` on the combined-stream endpoint; when the reader holds
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import inspect
 import json
 import logging
 import math
@@ -167,28 +165,11 @@ class _LiveSource:
             yield self.shape(self.path, lineno, item)
 
 
-def _install_live_dispatch(module, name: str) -> None:
-    """Let `module.read` iterate a `_LiveSource` where it would call its line iterator
-    `name(paths, report, ...)` (`iter_capture` for Binance, `iter_cryptofeed` for Coinbase).
-    Other paths go to the original function unchanged (the importer is not affected)."""
-    cur = getattr(module, name)
-    if getattr(cur, "_live_dispatch", False):
-        return
-
-    def dispatch(paths, report, *args, **kwargs):
-        if len(paths) == 1 and isinstance(paths[0], _LiveSource):
-            return paths[0].lines()
-        return cur(paths, report, *args, **kwargs)
-
-    dispatch._live_dispatch = True
-    setattr(module, name, dispatch)
-
-
 # the line tuples the readers iterate: binance (path, lineno, local_ts, obj);
 # coinbase (kind, path, lineno, local_ts, payload), item = (kind, local_ts, payload)
 _SHAPES = {
-    "binance": ("iter_capture", lambda path, n, item: (path, n, item[0], item[1])),
-    "coinbase": ("iter_cryptofeed", lambda path, n, item: (item[0], path, n, item[1], item[2])),
+    "binance": lambda path, n, item: (path, n, item[0], item[1]),
+    "coinbase": lambda path, n, item: (item[0], path, n, item[1], item[2]),
 }
 
 
@@ -201,17 +182,12 @@ class LiveReader:
 
         self.module = module
         self.report = ImportReport()
-        iter_name, shape = _SHAPES[feed]
+        shape = _SHAPES[feed]
         self.sync = module.DepthSync(self.report, depth) if feed == "binance" else None
         self._src = _LiveSource(shape)
         kwargs = {"sync": self.sync} if self.sync is not None else {}
-        if "lines" in inspect.signature(module.read).parameters:
-            kwargs["lines"] = self._src.lines()
-            paths = []
-        else:
-            _install_live_dispatch(module, iter_name)
-            paths = [self._src]
-        self._gen = module.read(paths, depth, symbol, self.report, **kwargs)
+        kwargs["lines"] = self._src.lines()
+        self._gen = module.read([], depth, symbol, self.report, **kwargs)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="live-reader", daemon=True)
         self._thread.start()

@@ -247,7 +247,12 @@ _IGNORED = {"ticker", "ticker_batch", "subscriptions", "heartbeat", "heartbeats"
 
 
 def read(paths: list[Path], depth: int, symbol: str | None,
-         report: ImportReport) -> Iterator[BookRow | TradeRow]:
+         report: ImportReport, lines=None) -> Iterator[BookRow | TradeRow]:
+    """Coinbase Exchange level2/matches and Advanced Trade l2_data/market_trades -> rows.
+
+    `lines`: instead of reading `paths`, iterate these `(kind, path, lineno, local_ts, obj)`
+    tuples (the shape `iter_cryptofeed` yields); the live recorder feeds frames this way.
+    """
     report.extra.setdefault("exchange", "coinbase")
     pick = Picker(symbol, report)
     books: dict[str, BookState] = {}
@@ -260,7 +265,9 @@ def read(paths: list[Path], depth: int, symbol: str | None,
             st = books[product] = BookState(report)
         return st
 
-    for kind, path, lineno, local, obj in iter_cryptofeed(paths, report):
+    if lines is None:
+        lines = iter_cryptofeed(paths, report)
+    for kind, path, lineno, local, obj in lines:
         if kind == CONNECT:
             at_seq = None
             for st in books.values():
