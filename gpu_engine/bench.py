@@ -1,6 +1,6 @@
 """`python -m gpu_engine.bench`: sweep throughput (config-ticks/s) on a synthetic book.
 
-    python -m gpu_engine.bench [--device cpu|cuda] [--configs C] [--ticks T] [--threads N] [--json]
+    python -m gpu_engine.bench [--device cpu|cuda] [--configs C] [--ticks T] [--threads N] [--chunk K] [--json]
 
 The book is generated in-process (`synthetic_book`: a random-walk mid on a 0.01 tick, a
 1-3 tick spread, L=20 levels, level-0 sizes whose imbalance is an AR(1) so order-flow
@@ -10,7 +10,8 @@ profit / stop loss / max hold / signal exits, sizing with a quantity cap, cooldo
 sides. Two rates are printed:
 
 - kernel: the kernel alone (configurations already typed and on the device, book prepared),
-  median of `--repeat` runs after a warm-up compile;
+  median of `--repeat` runs after a warm-up compile (`--chunk`: ticks per chunk of the CPU
+  kernel, default kernels.cpu.DEFAULT_CHUNK);
 - end to end: features (gpu_engine.features.build_bank with imbalance1 and two OFI windows;
   the features used are named in the output) + gpu_engine.sweep (validation, sorting, kernel,
   metrics, xarray).
@@ -110,7 +111,8 @@ def _signal_scale(bank: np.ndarray) -> np.ndarray:
 
 
 def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000, threads: int | None = None,
-              repeat: int = 3, levels: int = 20, buckets: int = 16, seed: int = 0) -> dict:
+              repeat: int = 3, levels: int = 20, buckets: int = 16, seed: int = 0,
+              chunk: int | None = None) -> dict:
     import numba
 
     import gpu_engine
@@ -133,12 +135,14 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
     book_arrays = kernels.prepare_book(book, backend)
     dbank = backend.to_device(bank)
     warm = {k: v[:4] for k, v in cfg_sorted.items()}
-    kernels.run(backend, book_arrays, dbank, warm, buckets)  # compile
+    t_c = time.perf_counter()
+    kernels.run(backend, book_arrays, dbank, warm, buckets, chunk=chunk)  # compile
+    t_compile = time.perf_counter() - t_c
     times = []
     out = None
     for _ in range(max(1, repeat)):
         t1 = time.perf_counter()
-        out = kernels.run(backend, book_arrays, dbank, cfg_sorted, buckets)
+        out = kernels.run(backend, book_arrays, dbank, cfg_sorted, buckets, chunk=chunk)
         times.append(time.perf_counter() - t1)
     t_kernel = float(np.median(times))
 
@@ -161,6 +165,8 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
         "exposure": float(ds["exposure"].mean()),
         "features": features,
         "features_s": t_features,
+        "compile_s": t_compile,
+        "chunk": chunk,
         "kernel_s": t_kernel,
         "end_to_end_s": t_e2e,
         "levels": levels,
@@ -177,11 +183,13 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", type=int, default=20)
     ap.add_argument("--buckets", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="ticks per chunk of the CPU kernel (default: kernels.cpu.DEFAULT_CHUNK)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
     if a.configs < 1 or a.ticks < 2:
         ap.error("--configs must be >= 1 and --ticks >= 2")
-    r = run_bench(a.device, a.configs, a.ticks, a.threads, a.repeat, a.levels, a.buckets, a.seed)
+    r = run_bench(a.device, a.configs, a.ticks, a.threads, a.repeat, a.levels, a.buckets, a.seed, a.chunk)
     if a.json:
         print(json.dumps(r))
     else:

@@ -1,11 +1,13 @@
 """The trading rules v1 (docs/RULES.md), written once as scalar numba functions for both kernels.
 
 Every function here is `@numba.njit(inline="always")` plain scalar code (no cupy, no
-allocation, no exceptions): the CPU kernel (kernels/cpu.py, prange over configurations)
-and the CUDA kernel (kernels/cuda.py, one thread per configuration) both call
-`run_config`, and numba-cuda compiles it for the GPU (STACK.md: not `cuda.jit(device=True)`,
-which breaks compile_ptx without a GPU). State is returned as tuples unpacked into named
-variables.
+allocation, no exceptions), and numba-cuda compiles it for the GPU (STACK.md: not
+`cuda.jit(device=True)`, which breaks compile_ptx without a GPU). The rules are
+`init_state` (before tick 0), `run_ticks` (the tick loop over [t0, t1), state in and out as
+a tuple of scalars) and `finish_config` (the close after the last tick). The CUDA kernel
+(kernels/cuda.py, one thread per configuration) calls `run_config` = those three over
+[0, T) with the state in registers; the CPU kernel (kernels/cpu.py) calls them per chunk of
+ticks with a prange over configurations, carrying the state in arrays between chunks.
 
 Book inputs prepared once per sweep by `kernels.prepare_book`:
   ts int64 [T]; bid_px/ask_px float64 [T, L]; bid_sz/ask_sz float32 [T, L];
@@ -207,11 +209,49 @@ def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, h
 
 
 @inline
-def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
-               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-               size_frac, max_qty, cooldown, fee_bps, latency, capital,
-               raw, bpnl, btr, bwin):
-    """Simulate configuration c over all ticks (RULES.md order of work) and write its outputs."""
+def reset_outputs(c, raw, bpnl, btr, bwin):
+    """Zero configuration c's raw sums and buckets (the trades then add into them)."""
+    for k in range(NRAW):
+        raw[c, k] = 0.0
+    for b in range(bpnl.shape[1]):
+        bpnl[c, b] = 0.0
+        btr[c, b] = 0
+        bwin[c, b] = 0
+
+
+# The state of one configuration between ticks, in this order (floats, then integers):
+#   equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
+#   state, pos, etick, ets, reason, target, next_entry.
+# `run_ticks` takes it as scalars and returns it as a tuple, so a caller can keep it in
+# registers (CUDA: one call over [0, T)) or carry it across tick chunks in arrays (CPU).
+NSTATE_F = 10
+NSTATE_I = 7
+
+
+@inline
+def init_state(ts0, cap):
+    """The state before tick 0 (ts0 = ts[0], cap = the configuration's capital)."""
+    return (cap, cap, cap, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            FLAT, 0, 0, ts0, 0, ts0, 0)
+
+
+@inline
+def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
+    """Configuration c over ticks [t0, t1) (RULES.md order of work); returns the new state.
+
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank); cfg = the
+    configuration arrays in enums.CONFIG_FIELDS order; raw, bpnl, btr, bwin = the outputs; st = the
+    state tuple (NSTATE_F floats, NSTATE_I integers; see above). Tuples, because CPython
+    compiles a call with more than 30 arguments to CALL_FUNCTION_EX, which numba cannot
+    inline. Running [0, T) in one call or in consecutive chunks gives the same bits: every
+    value the loop carries from one tick to the next is in the state tuple, and the trades
+    add into the raw/bucket sums at their global exit tick.
+    """
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank) = book
+    (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+     size_frac, max_qty, cooldown, fee_bps, latency, capital) = cfg
+    (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
+     state, pos, etick, ets, reason, target, next_entry) = st
     T = ts.shape[0]
     B = bpnl.shape[1]
     srow = signal[c]
@@ -230,34 +270,8 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
     cd = cooldown[c]
     fee = fee_bps[c] * BPS
     lat = latency[c]
-    cap = capital[c]
 
-    for k in range(NRAW):
-        raw[c, k] = 0.0
-    for b in range(B):
-        bpnl[c, b] = 0.0
-        btr[c, b] = 0
-        bwin[c, b] = 0
-
-    equity = cap
-    peak = cap
-    trough = cap
-    max_dd = 0.0
-    state = FLAT
-    pos = 0
-    qty = 0.0
-    e = 0.0
-    efee = 0.0
-    etick = 0
-    ets = ts[0]
-    stop_thr = 0.0
-    take_thr = 0.0
-    desired = 0.0
-    reason = 0
-    target = ts[0]
-    next_entry = 0
-
-    for t in range(T):
+    for t in range(t0, t1):
         if state == ENTRY_PENDING:
             if ts[t] >= target:
                 if pos > 0:
@@ -348,6 +362,22 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
                 if dd > max_dd:
                     max_dd = dd
 
+    return (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
+            state, pos, etick, ets, reason, target, next_entry)
+
+
+@inline
+def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
+    """After the last tick: close what is open and write max_dd and the final equity
+    (arguments as for run_ticks)."""
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank) = book
+    (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+     size_frac, max_qty, cooldown, fee_bps, latency, capital) = cfg
+    (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
+     state, pos, etick, ets, reason, target, next_entry) = st
+    T = ts.shape[0]
+    B = bpnl.shape[1]
+    fee = fee_bps[c] * BPS
     # after the last tick: a pending entry is dropped; a pending exit or an open position
     # fills at T-1 by the exit walk (at the last seen price when nothing is displayed);
     # the marks of tick T-1 are not recomputed.
@@ -375,8 +405,24 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
     raw[c, R_EQUITY] = equity
 
 
+@inline
+def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
+               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+               size_frac, max_qty, cooldown, fee_bps, latency, capital,
+               raw, bpnl, btr, bwin):
+    """Simulate configuration c over all ticks in one call (the CUDA kernel's thread body)."""
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank)
+    cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+           size_frac, max_qty, cooldown, fee_bps, latency, capital)
+    reset_outputs(c, raw, bpnl, btr, bwin)
+    st0 = init_state(ts[0], capital[c])
+    st1 = run_ticks(c, 0, ts.shape[0], book, cfg, raw, bpnl, btr, bwin, st0)
+    finish_config(c, book, cfg, raw, bpnl, btr, bwin, st1)
+
+
 _RULE_FUNCTIONS = ("displayed", "entry_walk", "exit_walk", "top_price", "exit_reason",
-                   "entry_side", "book_trade", "run_config")
+                   "entry_side", "book_trade", "reset_outputs", "init_state", "run_ticks",
+                   "finish_config", "run_config")
 
 
 def python_twin(name: str = "run_config"):

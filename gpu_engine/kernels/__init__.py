@@ -76,11 +76,15 @@ def allocate(C: int, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], buckets: int,
-        batch: int = DEFAULT_BATCH):
+        batch: int = DEFAULT_BATCH, chunk: int | None = None):
     """Run the kernel for every configuration in `cfg` (typed host arrays, FIELDS order).
 
+    `chunk`: ticks per chunk of the CPU kernel (default kernels.cpu.DEFAULT_CHUNK; the
+    results do not depend on it); the CUDA kernel runs all ticks in one call.
     Returns host (raw, bucket_pnl, bucket_trades, bucket_wins).
     """
+    if chunk is not None and not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+        raise ValueError(f"chunk must be an integer >= 1 (ticks), got {chunk!r}")
     C = int(cfg[FIELDS[0]].shape[0])
     out = allocate(C, buckets)
     batch = max(1, int(batch))
@@ -99,11 +103,12 @@ def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], bu
             for host, dev in zip(out, dout):
                 host[lo:hi] = backend.to_host(dev)
     else:
-        from gpu_engine.kernels.cpu import sweep_cpu
+        from gpu_engine.kernels.cpu import DEFAULT_CHUNK, sweep_cpu
 
+        step = int(chunk) if chunk is not None else DEFAULT_CHUNK
         hbank = np.ascontiguousarray(bank, dtype=np.float32)
         for lo in range(0, C, batch):
             hi = min(C, lo + batch)
             args = tuple(np.ascontiguousarray(cfg[f][lo:hi]) for f in FIELDS)
-            sweep_cpu(*book.as_args(), hbank, *args, *(o[lo:hi] for o in out))
+            sweep_cpu(*book.as_args(), hbank, *args, *(o[lo:hi] for o in out), step)
     return out
