@@ -7,7 +7,7 @@ reports messages/s (all messages: depth, trades, bookTicker, snapshot) of the
 `import_files` call (reading, book keeping, writing and renaming the store, file
 hashes) per wall second (best of --repeat) and per CPU second of the process (all its
 threads: a shared machine's load inflates wall time far more), the same including the one-off module imports (numpy, zarr: "cold"), and
-the child's peak RSS. Results: benchmarks/RESULTS_import.md.
+the child's peak RSS. Results: benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_import.py [--repeat 3] [--copies 8]
 """

@@ -7,7 +7,7 @@ Part 1 asks and tells each sampler alone on the default space (the objective is 
 fixed pseudo-random number, so only Optuna's own cost is timed), batch by batch.
 Part 2 reads the per-batch timings that `python -m sweeps.optimize` stored in
 its cube (ask with the suggestions, kernel evaluation, tell) and prints the
-Optuna share of each batch. Results go in benchmarks/RESULTS_sweeps.md.
+Optuna share of each batch. Results go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 

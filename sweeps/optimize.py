@@ -218,7 +218,7 @@ def run(args) -> int:
     storage, storage_desc = make_storage(args.storage)
     # The persistent study (journal/RDB) receives each batch's finished trials in one add_trials;
     # the sampler runs on an in-memory mirror of it, so Optuna's per-operation storage cost is
-    # paid once per trial instead of once per suggest / constraint (measured: benchmarks/RESULTS_sweeps.md).
+    # paid once per trial instead of once per suggest / constraint (measured: benchmarks/RESULTS.md).
     persist = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     old_fp = persist.user_attrs.get("fingerprint")
     if old_fp is None:

@@ -3,7 +3,7 @@
 `cuda.compile_ptx(kernel, signature, cc=(9, 0))` on the kernel's Python function with the
 argument types `sweep` launches it with, then `ptxas -arch=sm_90 -v` from the
 nvidia-cuda-nvcc wheel: 0 bytes of spill stores and loads. Registers per thread are recorded
-in benchmarks/RESULTS_kernels.md (`python tests/test_ptx.py` prints them).
+in benchmarks/RESULTS.md (`python tests/test_ptx.py` prints them).
 """
 from __future__ import annotations
 

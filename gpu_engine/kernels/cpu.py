@@ -32,7 +32,7 @@ from gpu_engine.strategy import (
 
 # Ticks per chunk: the chunk's book rows (~500 B a tick with the top-of-book helpers and
 # the bank rows) must stay in the per-core L2 / shared L3 while every configuration runs
-# over them (benchmarks/RESULTS_kernels.md has the measurement).
+# over them (benchmarks/RESULTS.md has the measurement).
 DEFAULT_CHUNK = 4096
 
 
