@@ -209,6 +209,32 @@ def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, h
 
 
 @inline
+def close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v, e, efee, fee, etick, ets, reason):
+    """Rule 5 at the exit fill tick t with exit VWAP v: book the trade, return its net PnL."""
+    gross = pos * qty * (v - e)
+    xfee = fee * v * qty
+    pnl = gross - efee - xfee
+    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
+               float(t - etick), float(ts[t] - ets), reason)
+    return pnl
+
+
+@inline
+def drawdown(m, peak, trough, max_dd):
+    """Rule 6 for one mark m: (peak, trough, max_dd) after it. The deepest drawdown from a
+    peak is at the lowest mark after it, so max_dd only needs a look at new troughs."""
+    if m > peak:
+        peak = m
+        trough = m
+    elif m < trough:
+        trough = m
+        dd = (peak - m) / peak
+        if dd > max_dd:
+            max_dd = dd
+    return peak, trough, max_dd
+
+
+@inline
 def reset_outputs(c, raw, bpnl, btr, bwin):
     """Zero configuration c's raw sums and buckets (the trades then add into them)."""
     for k in range(NRAW):
@@ -297,24 +323,13 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                 else:
                     ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
                 if ok:
-                    gross = pos * qty * (v - e)
-                    xfee = fee * v * qty
-                    pnl = gross - efee - xfee
-                    equity = equity + pnl
-                    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
-                               float(t - etick), float(ts[t] - ets), reason)
+                    equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v,
+                                                  e, efee, fee, etick, ets, reason)
                     state = FLAT
                     pos = 0
                     next_entry = t + 1 + cd
                     # the mark of a flat tick is the equity: only an exit fill moves it
-                    if equity > peak:
-                        peak = equity
-                        trough = equity
-                    elif equity < trough:
-                        trough = equity
-                        dd = (peak - equity) / peak
-                        if dd > max_dd:
-                            max_dd = dd
+                    peak, trough, max_dd = drawdown(equity, peak, trough, max_dd)
         elif state == IN_POSITION:
             if pos > 0:
                 p = top_price(pbid[t], e)
@@ -353,14 +368,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
             else:
                 p = top_price(pask[t], e)
             m = equity + pos * qty * (p - e) - efee
-            if m > peak:
-                peak = m
-                trough = m
-            elif m < trough:
-                trough = m
-                dd = (peak - m) / peak
-                if dd > max_dd:
-                    max_dd = dd
+            peak, trough, max_dd = drawdown(m, peak, trough, max_dd)
 
     return (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
             state, pos, etick, ets, reason, target, next_entry)
@@ -394,12 +402,8 @@ def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
                 v = top_price(pbid[t], e)
             else:
                 v = top_price(pask[t], e)
-        gross = pos * qty * (v - e)
-        xfee = fee * v * qty
-        pnl = gross - efee - xfee
-        equity = equity + pnl
-        book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
-                   float(t - etick), float(ts[t] - ets), reason)
+        equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v,
+                                      e, efee, fee, etick, ets, reason)
 
     raw[c, R_MAXDD] = max_dd
     raw[c, R_EQUITY] = equity
@@ -421,7 +425,7 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, ba
 
 
 _RULE_FUNCTIONS = ("displayed", "entry_walk", "exit_walk", "top_price", "exit_reason",
-                   "entry_side", "book_trade", "reset_outputs", "init_state", "run_ticks",
+                   "entry_side", "book_trade", "close_trade", "drawdown", "reset_outputs", "init_state", "run_ticks",
                    "finish_config", "run_config")
 
 
