@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.enums import CONFIG_FIELDS
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "sweeps" / "spaces" / "default.toml"

@@ -16,7 +16,8 @@ import numpy as np
 
 from gpu_engine import space as space_mod
 from gpu_engine import validation
-from gpu_engine.data.errors import InputError
+from gpu_engine.cli import Parser, run_main  # noqa: F401  (Parser: used by the sweep CLIs)
+from gpu_engine.errors import InputError
 from gpu_engine.enums import DEFAULT_CAPITAL, DEFAULT_FEE_BPS, DEFAULT_LATENCY_NS, METRICS
 
 DEFAULT_BOOKS = "data/books/synth.zarr"
@@ -24,22 +25,8 @@ DEFAULT_BLOCKS = "data/blocks.npy"
 DEFAULT_BUCKETS = 64
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 2
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
 def run_cli(parser: argparse.ArgumentParser, func: Callable, argv=None) -> int:
-    args = parser.parse_args(argv)
-    try:
-        return int(func(args) or 0)
-    except InputError as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+    return run_main(parser, func, argv)
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) -> None:

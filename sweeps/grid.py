@@ -25,7 +25,7 @@ import xarray as xr
 
 from gpu_engine import results
 from gpu_engine import space as space_mod
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.enums import METRICS
 from sweeps import _common
 

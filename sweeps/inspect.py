@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from gpu_engine import validation
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from sweeps import _common
 
 MAX_PBO_CONFIGS = 20_000

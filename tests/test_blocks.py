@@ -13,7 +13,7 @@ from gpu_engine.data import blocks as B
 from gpu_engine.data.__main__ import main as cli_main
 from gpu_engine.data.blocks_sources import read_chain_stats, read_prices
 from gpu_engine.data.blocks_timemap import EXACT_ANCHORS
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 HALVING_TIMES = {210_000: 1354116278, 420_000: 1468082773, 630_000: 1589225023, 840_000: 1713571767}
 

@@ -17,7 +17,7 @@ import pytest
 from gpu_engine.data import importers
 from gpu_engine.data.__main__ import main as cli_main
 from gpu_engine.data.books import Book, BookStoreWriter, Trades, load, open_attrs, write_store
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds import binance
 from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow

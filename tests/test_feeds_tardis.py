@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds import tardis
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 

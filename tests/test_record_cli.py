@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gpu_engine.data.books import load
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.importers import import_files
 from gpu_engine.data.record import Backoff, RecordConfig, Recorder, parse_duration
 from gpu_engine.testing.fake_exchange import FakeExchange, write_synthetic_capture

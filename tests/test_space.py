@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from gpu_engine import space as S
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -13,7 +13,7 @@ import pytest
 
 from gpu_engine.data import books, synth
 from gpu_engine.data.__main__ import main as data_main
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.synth_params import SynthParams
 from gpu_engine.data.synth_stats import ABS_LAGS, SIGN_LAGS, book_facts
 

@@ -2,7 +2,7 @@
 
 Each command lives in its own module, which exposes `add_cli(subparsers)`; that
 adds its sub-parser and sets `func(args) -> int`. Unusable input raises
-`InputError`: printed as one line on stderr, exit code 2.
+`InputError`: printed as one line on stderr, exit code 2 (`gpu_engine.cli`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.cli import Parser as _Parser
+from gpu_engine.cli import run_main
 
 # command modules, in the order they appear in --help
 COMMAND_MODULES = (
@@ -19,12 +20,6 @@ COMMAND_MODULES = (
     "gpu_engine.data.synth",
     "gpu_engine.data.record",
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 2
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,15 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+    return run_main(build_parser(), lambda args: args.func(args), argv)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import numpy as np
 from gpu_engine.data.blocks_price import block_prices
 from gpu_engine.data.blocks_sources import DailySeries, parse_day, read_chain_stats, read_prices
 from gpu_engine.data.blocks_timemap import build_time_map
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 SCHEMA_VERSION = 1
 BLOCK_DTYPE = np.dtype([

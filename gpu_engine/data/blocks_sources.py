@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 MISSING = {"", "null", "na", "nan", "none"}
 _EPOCH = date(1970, 1, 1)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from gpu_engine.data.books import BookStoreWriter
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 
 Reader = Callable[[list, int, "str | None", ImportReport], Iterator]

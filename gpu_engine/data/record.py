@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 log = logging.getLogger("gpu_engine.data.record")
 

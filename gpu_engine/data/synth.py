@@ -22,7 +22,7 @@ from gpu_engine.data import synth_book as SB
 from gpu_engine.data import synth_engine as E
 from gpu_engine.data import synth_layout as LY
 from gpu_engine.data.books import Book, Trades
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.synth_params import DEFAULT, SynthParams
 
 GENERATOR = "gpu_engine.data.synth v1 (ZI limit/market/cancel + Hawkes market orders)"

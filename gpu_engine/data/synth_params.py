@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from gpu_engine.data import synth_layout as E
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gpu_engine.data.__main__ import main as cli_main
 from gpu_engine.data.books import load
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds import binance
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.importers import import_files

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds import coinbase
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.feeds.jsonl import seconds_to_ns

@@ -45,7 +45,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.feeds.jsonl import LOCAL_TS_TOLERANCE_NS, iter_lines, split_cryptofeed_line

@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds.events import ImportReport
 
 GZIP_MAGIC = b"\x1f\x8b"

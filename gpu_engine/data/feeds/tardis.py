@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_engine.data.errors import InputError
+from gpu_engine.errors import InputError
 from gpu_engine.data.feeds.book import PriceLevelBook
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.feeds.jsonl import iter_lines

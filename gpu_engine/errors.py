@@ -1,4 +1,10 @@
-"""The one exception type for unusable input: the CLI prints its message on one line and exits 2."""
+"""The one exception type for unusable input, seen by every layer (data, engine, sweeps, bench).
+
+A command line prints an `InputError` as one line on stderr and exits 2
+(`gpu_engine.cli.run_main`); nothing else about it is special. It lives at the
+package root, imports nothing, so that the data layer, the engine and the
+sweep jobs can all raise it without importing each other.
+"""
 from __future__ import annotations
 
 
