@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -187,6 +188,12 @@ def check_parent_writable(path: str | Path, flag: str) -> None:
         raise InputError(f"{path}: {flag}: cannot write under {anc}: it is a file, not a directory")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise InputError(f"{path}: {flag}: cannot write in {anc}: permission denied (read-only?)")
+    try:  # os.access says yes to root everywhere: a read-only mount or a pseudo-filesystem says no here
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=anc)
+    except OSError as exc:
+        raise InputError(f"{path}: {flag}: cannot write in {anc}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def claim_output(path: str | Path, flag: str, *, kind: str, overwrite: bool,
