@@ -1,6 +1,7 @@
 """Import speed and memory: `binance-jsonl` captures -> Zarr book store, on one core.
 
-For each real Binance capture in ../shared/data/real (and a long capture made by
+For each real Binance capture in the real-data folder (docs/TESTING.md; `GPU_ENGINE_REAL_DATA`
+overrides it) (and a long capture made by
 chaining shifted copies of the largest one, to show memory does not grow with the
 input) this runs `import_files` in a fresh child process pinned to one CPU and
 reports messages/s (all messages: depth, trades, bookTicker, snapshot) of the

@@ -1,6 +1,8 @@
 """`python -m gpu_engine.bench`: sweep throughput (config-ticks/s) on a synthetic book.
 
-    python -m gpu_engine.bench [--device cpu|cuda] [--configs C] [--ticks T] [--threads N] [--chunk K] [--json]
+    python -m gpu_engine.bench [--device cpu|cuda|auto] [--configs C] [--ticks T] [--threads N]
+                               [--repeat R] [--levels L] [--buckets B] [--seed S] [--chunk K]
+                               [--json] [--no-progress]
 
 The book is generated in-process (`synthetic_book`: a random-walk mid on a 0.01 tick, a
 1-3 tick spread, L=20 levels, level-0 sizes whose imbalance is an AR(1) so order-flow
@@ -18,6 +20,14 @@ sides. Two rates are printed:
 
 `--json` prints one object: device, configs, ticks, threads, kernel_cts, end_to_end_cts,
 peak_rss_mb, plus trades_per_config, features and timings.
+
+Every flag is checked before any work (one line on stderr, exit 2, naming the flag): counts
+must be integers in range, `--threads` at most numba's maximum on this machine, `--device
+cuda` needs a working GPU, and sizes whose arrays would not fit in the memory available now
+(/proc/meminfo MemAvailable, `estimate_bytes`) are refused before anything is allocated.
+The default run (16,384 configurations x 1,000,000 ticks) takes minutes on two cores; the
+stages (book, features, compile, each kernel run, end to end) are reported on stderr as they
+start, unless `--no-progress`.
 """
 from __future__ import annotations
 
@@ -26,11 +36,14 @@ import json
 import resource
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
+from gpu_engine.cli import Parser, run_main
 from gpu_engine.data.books import Book
 from gpu_engine.enums import CONFIG_FIELDS
+from gpu_engine.errors import InputError
 
 FEATURE_SPEC = [("imbalance1", {}), ("ofi", {"window": 100}), ("ofi", {"window": 1000})]
 
@@ -105,14 +118,17 @@ def _signal_scale(bank: np.ndarray) -> np.ndarray:
     same thing on every row); the kernel sees the scaled float32 values."""
     out = np.empty_like(bank)
     for k in range(bank.shape[0]):
-        q = np.nanpercentile(np.abs(bank[k]), 99)
+        a = np.abs(bank[k])
+        a = a[np.isfinite(a)]  # a short book leaves a long window's row all NaN: scale 1
+        q = float(np.percentile(a, 99)) if a.size else 0.0
         out[k] = bank[k] / (q if q > 0 else 1.0)
     return out
 
 
 def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000, threads: int | None = None,
               repeat: int = 3, levels: int = 20, buckets: int = 16, seed: int = 0,
-              chunk: int | None = None) -> dict:
+              chunk: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Measure one bench; `progress(stage)` (if given) is called as each stage starts."""
     import numba
 
     import gpu_engine
@@ -121,9 +137,12 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
 
     if threads:
         numba.set_num_threads(int(threads))
+    say = progress or (lambda _stage: None)
     backend = resolve(device)
+    say(f"generating the synthetic book ({ticks:,} ticks x {levels:,} levels)")
     book = synthetic_book(ticks, levels, seed)
 
+    say("building the feature bank")
     t0 = time.perf_counter()
     values, features = build_features(book)
     bank = np.ascontiguousarray(_signal_scale(values), dtype=np.float32)
@@ -135,17 +154,21 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
     book_arrays = kernels.prepare_book(book, backend)
     dbank = backend.to_device(bank)
     warm = {k: v[:4] for k, v in cfg_sorted.items()}
+    say("compiling the kernel (warm-up run on 4 configurations)")
     t_c = time.perf_counter()
     kernels.run(backend, book_arrays, dbank, warm, buckets, chunk=chunk)  # compile
     t_compile = time.perf_counter() - t_c
     times = []
     out = None
-    for _ in range(max(1, repeat)):
+    runs = max(1, repeat)
+    for i in range(runs):
+        say(f"kernel run {i + 1}/{runs} ({configs:,} configurations)")
         t1 = time.perf_counter()
         out = kernels.run(backend, book_arrays, dbank, cfg_sorted, buckets, chunk=chunk)
         times.append(time.perf_counter() - t1)
     t_kernel = float(np.median(times))
 
+    say("end to end: features + gpu_engine.sweep")
     t2 = time.perf_counter()
     values2, _ = build_features(book)
     bank2 = _signal_scale(values2)
@@ -173,35 +196,144 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
     }
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpu_engine.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    ap.add_argument("--configs", type=int, default=16_384)
-    ap.add_argument("--ticks", type=int, default=1_000_000)
-    ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all cores)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--levels", type=int, default=20)
-    ap.add_argument("--buckets", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=None,
+def _count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum; `1_000_000` and `1e6` are accepted."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            if not (np.isfinite(f) and f == int(f)):
+                raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            value = int(f)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> Parser:
+    ap = Parser(prog="python -m gpu_engine.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                    help="cpu (default), cuda (needs a working GPU) or auto")
+    ap.add_argument("--configs", type=_count(1), default=16_384, help="configurations (default 16384)")
+    ap.add_argument("--ticks", type=_count(2), default=1_000_000, help="book updates (default 1000000)")
+    ap.add_argument("--threads", type=_count(1), default=None,
+                    help="numba threads, 1 to this machine's maximum (default: all cores)")
+    ap.add_argument("--repeat", type=_count(1), default=3,
+                    help="timed kernel runs; the median is reported (default 3)")
+    ap.add_argument("--levels", type=_count(1), default=20, help="book levels per side (default 20)")
+    ap.add_argument("--buckets", type=_count(1), default=16, help="time buckets (default 16)")
+    ap.add_argument("--seed", type=_count(0), default=0, help="random seed, >= 0 (default 0)")
+    ap.add_argument("--chunk", type=_count(1), default=None,
                     help="ticks per chunk of the CPU kernel (default: kernels.cpu.DEFAULT_CHUNK)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    a = ap.parse_args(argv)
-    if a.configs < 1 or a.ticks < 2:
-        ap.error("--configs must be >= 1 and --ticks >= 2")
-    r = run_bench(a.device, a.configs, a.ticks, a.threads, a.repeat, a.levels, a.buckets, a.seed, a.chunk)
-    if a.json:
-        print(json.dumps(r))
-    else:
-        print(f"device {r['device']}, {r['configs']} configs x {r['ticks']} ticks, {r['threads']} threads, "
-              f"L={r['levels']}")
-        print(f"kernel      {r['kernel_cts']:.3e} config-ticks/s ({r['kernel_s']:.2f} s; "
-              f"{r['kernel_cts'] / r['threads']:.3e} per thread)")
-        print(f"end to end  {r['end_to_end_cts']:.3e} config-ticks/s ({r['end_to_end_s']:.2f} s, "
-              f"features: {r['features']})")
-        print(f"trades/config {r['trades_per_config']:.1f}, mean exposure {r['exposure']:.3f}, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    ap.add_argument("--no-progress", action="store_true", help="no stage lines on stderr")
+    return ap
+
+
+def estimate_bytes(configs: int, ticks: int, levels: int, buckets: int) -> int:
+    """Peak host memory of one bench, in bytes: an upper estimate from the arrays it builds.
+
+    Per tick and level: bid/ask prices (float64) and sizes (float32), the float64 temporaries
+    of the generator and the copies of the feature bank's market, ~96 B. Per tick: timestamps,
+    the mid walk, the AR(1) imbalance, top-of-book helpers and the feature rows, ~256 B. Per
+    configuration: its 15 fields in three copies (drawn, sorted, validated), the kernel's raw
+    metrics and carried state, the metric columns of the result, ~2.5 kB (measured 2.06 GB at
+    1e6 configurations), plus 3 x 16 B per bucket (PnL, trades, wins, in kernel and result).
+    """
+    C, T, L, B = int(configs), int(ticks), int(levels), int(buckets)
+    return T * L * 96 + T * 256 + C * 2_560 + C * B * 48 + 300 * 2 ** 20
+
+
+def mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Refuse, with an InputError naming the flag, what the parser cannot check alone."""
+    import numba
+
+    most = int(numba.config.NUMBA_NUM_THREADS)
+    if a.threads is not None and a.threads > most:
+        raise InputError(f"--threads: {a.threads} is more than numba's maximum on this machine "
+                         f"({most}; NUMBA_NUM_THREADS)")
+    sizes = {"configs": a.configs, "ticks": a.ticks, "levels": a.levels, "buckets": a.buckets}
+    need = estimate_bytes(**sizes)
+    have = mem_available()
+    if have is not None and need > have:
+        # name the flag whose reduction to its default saves the most
+        defaults = {"configs": 16_384, "ticks": 1_000_000, "levels": 20, "buckets": 16}
+        culprit = min(sizes, key=lambda k: estimate_bytes(**{**sizes, k: min(sizes[k], defaults[k])}))
+        raise InputError(
+            f"--{culprit}: {sizes[culprit]:,} is too large for this machine: {a.configs:,} configurations "
+            f"x {a.ticks:,} ticks x {a.levels:,} levels x {a.buckets:,} buckets need about {_gb(need)} "
+            f"of memory, {_gb(have)} is available (MemAvailable); nothing was allocated")
+    from gpu_engine.backend import resolve
+
+    try:
+        resolve(a.device)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--device: {exc}") from None
+
+
+def _progress_printer() -> Callable[[str], None]:
+    t0 = time.perf_counter()
+
+    def say(stage: str) -> None:
+        dots = "" if stage == "done" else "..."
+        sys.stderr.write(f"bench [{time.perf_counter() - t0:6.1f} s] {stage}{dots}\n")
+        sys.stderr.flush()
+
+    return say
+
+
+def format_report(r: dict) -> str:
+    """The human-readable report: counts as integers, rates in scientific notation."""
+    per_thread = r["kernel_cts"] / max(1, r["threads"])
+    return "\n".join([
+        f"device {r['device']}, {r['configs']:,} configs x {r['ticks']:,} ticks, "
+        f"{r['threads']} threads, L={r['levels']}",
+        f"kernel      {r['kernel_cts']:.3e} config-ticks/s ({r['kernel_s']:.2f} s; "
+        f"{per_thread:.3e} per thread)",
+        f"end to end  {r['end_to_end_cts']:.3e} config-ticks/s ({r['end_to_end_s']:.2f} s, "
+        f"features: {r['features']})",
+        f"trades/config {r['trades_per_config']:.1f}, mean exposure {r['exposure']:.3f}, "
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB",
+    ])
+
+
+def _run(a: argparse.Namespace) -> int:
+    check_args(a)
+    progress = None if a.no_progress else _progress_printer()
+    r = run_bench(a.device, a.configs, a.ticks, a.threads, a.repeat, a.levels, a.buckets, a.seed,
+                  a.chunk, progress=progress)
+    if progress:
+        progress("done")
+    print(json.dumps(r) if a.json else format_report(r))
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m gpu_engine.bench`; returns the exit status (gpu_engine.cli.run_main)."""
+    return run_main(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ import numpy as np
 
 INF = math.inf
 
-# Exit reasons (ARCHITECTURE section 4, rule 4 and 5), in the order the rules check them.
+# Exit reasons (docs/RULES.md, rules 4 and 5), in the order the rules check them.
 EXIT_STOP, EXIT_TAKE, EXIT_TIME, EXIT_SIGNAL, EXIT_END = 0, 1, 2, 3, 4
 EXIT_REASONS = ("stop", "take", "time", "signal", "end")
 
-# Position states (rule 1).
+# Position states (docs/RULES.md, rule 1).
 FLAT, ENTRY_PENDING, IN_POSITION, EXIT_PENDING = 0, 1, 2, 3
 
-# Binance spot regular tier taker fee: 0.10% = 10 bps (REFERENCE section 6).
+# Binance spot regular tier taker fee: 0.10% = 10 bps (Binance fee page; 7.5 bps when paid in BNB).
 DEFAULT_FEE_BPS = 10.0
 # Order-entry latency: 20 ms, a realistic round trip from a cloud region near the venue.
 DEFAULT_LATENCY_NS = 20_000_000
@@ -45,7 +45,7 @@ CONFIG_FIELDS: dict[str, tuple[type, object]] = {
     "capital": (np.float64, DEFAULT_CAPITAL),     # > 0
 }
 
-# Metric columns of the kernel/oracle output, in this order (ARCHITECTURE section 4).
+# Metric columns of the kernel/oracle output, in this order (defined in docs/RULES.md).
 METRICS: tuple[str, ...] = (
     "trades",
     "wins",

@@ -26,7 +26,7 @@ Features (name: parameters -- definition)
 ofi: window -- Cont-Kukanov-Stoikov OFI over the window, normalised by the rolling mean depth at
     the best quotes over the same window (not a z-score):
         e_n = 1{Pb_n >= Pb_{n-1}} qb_n - 1{Pb_n <= Pb_{n-1}} qb_{n-1}
-            - 1{Pa_n <= Pa_{n-1}} qa_n + 1{Pa_n >= Pa_{n-1}} qa_{n-1}      (REFERENCE section 4)
+            - 1{Pa_n <= Pa_{n-1}} qa_n + 1{Pa_n >= Pa_{n-1}} qa_{n-1}      (Cont, Kukanov & Stoikov 2014)
         ofi = sum_{n=t-w+1..t} e_n / mean_{n=t-w+1..t} (qb_n + qa_n) / 2
     An undisplayed bid level has price -inf and size 0, an undisplayed ask +inf and size 0, so a
     queue that vanishes counts as removed liquidity (e_n stays finite). NaN when the mean depth is 0.

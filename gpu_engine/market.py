@@ -1,6 +1,7 @@
 """`Market`: the book arrays on the device plus block-derived columns aligned to each tick by time.
 
-What the feature bank and the kernels read (ARCHITECTURE sections 2-3). Built once per book:
+What the feature bank and the kernels read (books on the device, block columns aligned by
+time). Built once per book:
 
     market = Market.from_book(book, blocks=None, device="auto")
 
@@ -24,13 +25,14 @@ Alignment rules (all causal: the value at tick t depends on ts[t] and on data st
   exactly those with ts <= ts[t]; trades stamped after the last tick are dropped.
 * Ticks are converted to unix seconds by floor division (ts // 1e9). The block known at a tick is
   the last block of the longest prefix of the chain whose header times are all <= that second
-  (block header times are not monotonic, REFERENCE section 1; taking the running maximum of the
-  times means a block counts as known only once every earlier block is). `fair_pl` is the
-  dataset's `fair_pl` of that block.
+  (block header times are not monotonic: Bitcoin only requires a header time above the median of
+  the previous 11 blocks; taking the running maximum of the times means a block counts as known
+  only once every earlier block is). `fair_pl` is the dataset's `fair_pl` of that block.
 * Without a block dataset (`blocks=None`) `block_source` is "model": the fair value is the
   Santostasi power law A * d^n (A = 1.0117e-17, n = 5.82, d = days since 2009-01-03 00:00 UTC,
-  REFERENCE section 3) evaluated at the tick's own time, and the height is approximated from time
-  by linear interpolation between known halving anchors (REFERENCE section 1), extrapolated at
+  as charted at charts.bgeometrics.com/power_law.html) evaluated at the tick's own time, and the
+  height is approximated from time by linear interpolation between the header times of the
+  genesis block and the four halvings (`HEIGHT_ANCHORS`), extrapolated at
   600 s per block after the last one; block times are then unknown (NaN).
 """
 from __future__ import annotations
@@ -45,11 +47,13 @@ from gpu_engine.backend import Backend, resolve
 
 HALVING_INTERVAL = 210_000
 NS_PER_S = 1_000_000_000
-# Santostasi power law (REFERENCE section 3): price = A * d^n, d = days since 2009-01-03.
+# Santostasi power law (charts.bgeometrics.com/power_law.html): price = A * d^n, d = days since
+# 2009-01-03.
 POWER_LAW_A = 1.0117e-17
 POWER_LAW_N = 5.82
 POWER_LAW_DAY0_UNIX = 1_230_940_800  # 2009-01-03 00:00:00 UTC
-# (height, unix s) anchors for the approximate height (REFERENCE section 1). The 900,000 entry
+# (height, unix s) anchors for the approximate height: block header times of the genesis block
+# and the halvings (public block explorers). The 900,000 entry
 # is day-level only (2025-06-06, taken at 12:00 UTC).
 HEIGHT_ANCHORS = (
     (0, 1_231_006_505),

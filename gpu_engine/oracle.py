@@ -1,6 +1,6 @@
 """The test oracle: a slow, plain-Python event loop of the trading rules v1, one configuration at a time.
 
-Written from the text of ARCHITECTURE.md section 4 and docs/RULES.md only (it imports neither
+Written from the text of docs/RULES.md only (it imports neither
 `gpu_engine.strategy` nor `gpu_engine.kernels`, so that a mistake shared with the kernels cannot
 hide). Plain Python floats and loops; clarity over speed.
 
@@ -331,7 +331,7 @@ def _current_top(t, side, bid_px, ask_px, last_bid, last_ask, e) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics (ARCHITECTURE section 4 "Metrics", docs/RULES.md "Marks and metrics")
+# Metrics (docs/RULES.md: the metric list under "The rules", and "Marks and metrics")
 # ---------------------------------------------------------------------------------------------
 
 def wilson(wins: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Result cubes: xarray Datasets <-> Zarr stores, with the provenance needed to reproduce them.
 
-Layout (ARCHITECTURE section 3):
+Layout:
 
 - grid cube (`attrs["kind"] == "grid"`): one dimension per swept parameter (file
   order), single-valued parameters as scalar coordinates, `bucket` for the
@@ -14,23 +14,24 @@ Variables in both: one per `enums.METRICS` name = the **in-sample** figure;
 was not re-evaluated out of sample; `oos_evaluated` says which were);
 `bucket_pnl` = in-sample realised PnL per time bucket (for PBO, DSR, walk-forward).
 
-Format: Zarr format 2 with consolidated metadata. STACK.md: a format-3 store
+Format: Zarr format 2 with consolidated metadata: a format-3 store
 opened by a plain `xr.open_zarr(path)` warns and falls back to a slow listing
 unless the caller passes `consolidated=False`, and format 3 writes many more
 files per chunk; format 2 + consolidated metadata opens silently and fast with
 no project code. Compressor: Blosc zstd level 3 with bit-shuffle.
 
-Whole cubes are written to a temporary sibling and renamed into place; grid
-cubes are written region by region into a template (`create_template`,
-`write_region`), and `region_done` records finished regions, so a crash never
-leaves a cube that looks whole (`attrs["complete"]` is set last).
+Whole cubes are written to a temporary sibling (`outputs.tmp_sibling`,
+`.NAME.tmp-PID`) and moved into place (`outputs.replace_with`); grid cubes are
+written region by region into a template (`create_template`, `write_region`),
+and `region_done` records finished regions, so a crash never leaves a cube that
+looks whole (`attrs["complete"]` is set last). Whether a path may be written at
+all (an existing output, a user's folder, the command's own input) is decided
+by the caller with `outputs.claim_output` before any work.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import numcodecs
 import numpy as np
 import xarray as xr
 import zarr
+
+from gpu_engine import outputs
 
 ZARR_FORMAT = 2
 CONSOLIDATED = True
@@ -124,27 +127,19 @@ def provenance(*, kind: str, data: dict[str, str | Path | None], space, costs: d
 
 # ---------------------------------------------------------------- whole cubes
 
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write `ds` to a temporary sibling store, then rename it over `path`."""
+    """Write `ds` to a temporary sibling store, then move it over `path` (claimed by the caller)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = outputs.tmp_sibling(path)
+    outputs.remove_path(tmp)
     ds = ds.copy()
     ds.attrs = jsonable(ds.attrs)
-    ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=CONSOLIDATED, encoding=encoding_for(ds))
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=CONSOLIDATED, encoding=encoding_for(ds))
+        outputs.replace_with(tmp, path)
+    finally:
+        outputs.remove_path(tmp)  # only left when writing failed
     return path
 
 
@@ -158,20 +153,22 @@ def open_cube(path: str | Path) -> xr.Dataset:
 def create_template(ds: xr.Dataset, path: str | Path, n_regions: int, attrs: dict) -> Path:
     """Write the metadata of `ds` (dask-backed variables are not computed) plus `region_done`.
 
-    The template is built in a temporary sibling and renamed, so `path` either does not exist
-    or is a complete template.
+    The template is built in a temporary sibling and moved into place (replacing what stands at
+    `path`, already claimed by the caller), so `path` is either what it was or a complete template.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = outputs.tmp_sibling(path)
+    outputs.remove_path(tmp)
     ds = ds.copy()
     ds["region_done"] = ("region", np.zeros(n_regions, np.uint8))
     ds.attrs = jsonable({**attrs, "complete": False, "n_regions": int(n_regions)})
-    ds.to_zarr(tmp, mode="w", compute=False, zarr_format=ZARR_FORMAT, consolidated=CONSOLIDATED,
-               encoding=encoding_for(ds))
-    os.replace(tmp, path)
+    try:
+        ds.to_zarr(tmp, mode="w", compute=False, zarr_format=ZARR_FORMAT, consolidated=CONSOLIDATED,
+                   encoding=encoding_for(ds))
+        outputs.replace_with(tmp, path)
+    finally:
+        outputs.remove_path(tmp)
     return path
 
 

@@ -11,9 +11,9 @@ A space file has an optional `[space]` table (name, description) and one
     [params.signal]      dist = "categorical", choices = ["ofi", "imbalance1"]
 
 Numeric ranges and distributions may carry `dense = N` (and `width`, default
-0.25): ARCHITECTURE section 5's neighbourhood. Optuna then suggests the centre
-only, and one launch evaluates N points around it: N consecutive steps of a
-range, or N points spread over `width` of the (log-)range of a distribution,
+0.25): the dense neighbourhood one trial sweeps (sweeps/optimize.py). Optuna
+then suggests the centre only, and one launch evaluates N points around it: N
+consecutive steps of a range, or N points spread over `width` of the (log-)range of a distribution,
 slid to stay inside the bounds. The neighbourhood of a trial is the Cartesian
 product over all dense parameters, so every trial has the same number of
 configurations.

@@ -1,7 +1,7 @@
 """The trading rules v1 (docs/RULES.md), written once as scalar numba functions for both kernels.
 
 Every function here is `@numba.njit(inline="always")` plain scalar code (no cupy, no
-allocation, no exceptions), and numba-cuda compiles it for the GPU (STACK.md: not
+allocation, no exceptions), and numba-cuda compiles it for the GPU (deliberately not
 `cuda.jit(device=True)`, which breaks compile_ptx without a GPU). The rules are
 `init_state` (before tick 0), `run_ticks` (the tick loop over [t0, t1), state in and out as
 a tuple of scalars) and `finish_config` (the close after the last tick). The CUDA kernel

@@ -1,14 +1,14 @@
 """Validation statistics for a sweep: time splits, walk-forward, PBO (CSCV), deflated Sharpe, Wilson.
 
 Everything here works from data the sweep already produced (the per-bucket PnL
-matrix of ARCHITECTURE section 3), so no configuration is re-run.
+matrix [C, B] of the kernels' output), so no configuration is re-run.
 
-Conventions (REFERENCE sections 7-8):
+Conventions:
 
 - A time split cuts the book at a *time* (not a tick count): in-sample is
   ts < t0 + is_frac x span, out-of-sample starts after a purge gap of
   purge_frac x span. Each part is simulated on its own (positions still open at
-  the end of the in-sample part are closed there, rule 5), so no trade spans
+  the end of the in-sample part are closed there, docs/RULES.md rule 5), so no trade spans
   the boundary; the purge gap also keeps the out-of-sample start away from the
   last in-sample decisions (López de Prado's embargo).
 - Sharpe is mean / sample std (ddof = 1) of bucket returns, not annualised, and

@@ -185,8 +185,47 @@ def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int) ->
     return metrics, np.asarray(ds["bucket_pnl"].values, dtype=np.float64)
 
 
-def progress(total: int, unit: str, disable: bool, initial: int = 0, desc: str | None = None):
+def progress(total: int, unit: str, disable: bool, initial: int = 0, desc: str | None = None,
+             smoothing: float = 0.0):
+    """A tqdm bar on stderr. Counts print as integers (no unit scaling: `24576`, not `24.6k`);
+    smoothing 0 = the average rate since the clock started (see `restart_clock`)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, unit_scale=True, disable=disable, initial=initial,
-                desc=desc, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+    return tqdm(total=total, unit=unit, unit_scale=False, disable=disable, initial=initial,
+                desc=desc, dynamic_ncols=True, mininterval=0.5, file=sys.stderr, smoothing=smoothing)
+
+
+def restart_clock(bar) -> None:
+    """Restart the bar's rate clock at its current count.
+
+    Called after the first batch of a process, whose time includes the one-off kernel compile
+    (~20 s): without it the first estimate of the remaining time is many times too long.
+    """
+    if bar.disable:
+        return
+    n = bar.n
+    bar.reset(total=bar.total)  # clears the rate estimates and restarts the clock
+    bar.n = bar.last_print_n = bar.initial = n
+    bar.refresh()
+
+
+def input_paths(args, space) -> list[tuple[str, Path]]:
+    """(flag, path) of what a sweep reads: its output may be none of them (`outputs.claim_output`)."""
+    return [("--data", Path(args.data or DEFAULT_BOOKS)), ("--blocks", Path(args.blocks or DEFAULT_BLOCKS)),
+            ("--space", Path(space.path))]
+
+
+def refuse_inputs(out: Path, flag: str, inputs) -> None:
+    """`out` may not be, contain or lie inside any input (checked first, with or without --overwrite)."""
+    from gpu_engine import outputs
+
+    target = Path(out).absolute().resolve()
+    for in_flag, p in inputs:
+        if p is not None and outputs._same_or_nested(target, Path(p).absolute().resolve()):
+            raise InputError(f"{out}: {flag}: is (or overlaps) this command's input {in_flag} {p}; "
+                             "refusing to write over it, choose another path")
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out cube of this engine (never anything else, never an input)")

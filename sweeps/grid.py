@@ -1,6 +1,6 @@
 """`python -m sweeps.grid`: every point of a space, in batches, into a Zarr cube written region by region.
 
-    python -m sweeps.grid --space FILE --data STORE [--blocks PATH] [--device auto] --out CUBE.zarr
+    python -m sweeps.grid --space FILE --data STORE [--blocks PATH] [--device auto] --out CUBE.zarr [--overwrite]
 
 The cube has one dimension per swept parameter (file order); parameters with a
 single value are scalar coordinates. Every point is evaluated in sample and out
@@ -8,8 +8,14 @@ of sample (gpu_engine/results.py names the variables). The cube is chunked so
 that each region is a block of whole chunks; a template is written first
 (`compute=False`), then each region with `to_zarr(region=...)`, then its flag in
 `region_done`. Running the same command again after an interruption skips the
-finished regions, and the cube ends equal to an uninterrupted run's. A store
-that holds a different sweep (other space, data, costs or split) is refused.
+finished regions, and the cube ends equal to an uninterrupted run's.
+
+An existing `--out` is checked before any data is loaded: the same sweep (same
+fingerprint: space, data, blocks, costs, split, batch) is resumed; anything
+else is refused (exit 2) unless `--overwrite`, and even then only a result cube
+of this engine is replaced, never a user's folder or file. `--out` may never be,
+contain or lie inside `--data`, `--blocks` or `--space`. Stale temporaries of
+`--out` (`.NAME.tmp-PID` of a dead process) are removed.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from gpu_engine import results
+from gpu_engine import outputs, results
 from gpu_engine import space as space_mod
 from gpu_engine.errors import InputError
 from gpu_engine.enums import METRICS
@@ -38,6 +44,7 @@ def build_parser():
     p.add_argument("--space", required=True, help="space file (TOML, gpu_engine/space.py)")
     p.add_argument("--out", required=True, help="cube path (.zarr)")
     p.add_argument("--batch", type=int, default=8192, help="configurations per region/launch (default %(default)s)")
+    _common.add_overwrite_arg(p)
     _common.add_data_args(p)
     return p
 
@@ -66,14 +73,25 @@ def plan_regions(shape: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], l
     return tuple(chunks), list(itertools.product(*ranges))
 
 
-def fingerprint(space, data: _common.Data, cost: dict, args) -> str:
+def fingerprint(space, book_path: Path, blocks_path: Path, cost: dict, args) -> str:
     h = hashlib.sha256()
     h.update(space.text.encode())
     h.update(json.dumps({"costs": cost, "buckets": args.buckets, "is_frac": args.is_frac,
                          "purge_frac": args.purge_frac, "batch": args.batch}, sort_keys=True).encode())
-    h.update(results.sha256_path(data.book_path).encode())
-    h.update(results.sha256_path(data.blocks_path).encode())
+    h.update(results.sha256_path(book_path).encode())
+    h.update(results.sha256_path(blocks_path).encode())
     return h.hexdigest()
+
+
+def _grid_fingerprint_of(out: Path) -> str | None:
+    """The fingerprint of the grid cube at `out`, None when it is not a grid cube of ours."""
+    if not outputs.is_ours(out, "cube") or not (out / "region_done").exists():
+        return None
+    try:
+        attrs = results.read_attrs(out)
+    except Exception:
+        return None
+    return attrs.get("fingerprint") if attrs.get("kind") == "grid" else None
 
 
 def _template(axes: dict, dims: list[str], chunks: tuple, buckets: int) -> xr.Dataset:
@@ -107,21 +125,34 @@ def run(args) -> int:
     if not dims:
         raise InputError.at(space.path, None, "params", "nothing to sweep: every parameter has one value")
     out = Path(args.out)
-    if out.exists() and not (out / "region_done").exists():
-        raise InputError(f"{out}: --out: exists and is not a grid cube; remove it or choose another path")
     cost = _common.costs(args)
+    book_path, blocks_path = _common.data_paths(args)
+    inputs = _common.input_paths(args, space)
+    _common.refuse_inputs(out, "--out", inputs)
+    fp = None
+    resume = False
+    if out.exists() or out.is_symlink():
+        old_fp = _grid_fingerprint_of(out)
+        if old_fp is not None and book_path.exists() and blocks_path.exists():
+            fp = fingerprint(space, book_path, blocks_path, cost, args)
+            resume = old_fp == fp
+        if not resume and not args.overwrite:
+            if old_fp is not None:
+                raise InputError(f"{out}: --out: holds a different sweep (space, data, blocks, costs, split or "
+                                 "batch differ); pass --overwrite to replace it or choose another path")
+            raise InputError(f"{out}: --out: already exists and is not this grid's cube; "
+                             "choose another path (or --overwrite to replace a result cube)")
+    outputs.claim_output(out, "--out", kind="cube", overwrite=args.overwrite or resume,
+                         inputs=inputs)
     log = (lambda *a: None) if args.no_progress else print
     data = _common.load_data(args, space, log=log)
-    fp = fingerprint(space, data, cost, args)
+    if fp is None:
+        fp = fingerprint(space, data.book_path, data.blocks_path, cost, args)
     shape = tuple(len(axes[d]) for d in dims)
     chunks, regions = plan_regions(shape, args.batch)
     total = int(np.prod(shape))
 
-    if out.exists():
-        old = results.read_attrs(out)
-        if old.get("fingerprint") != fp:
-            raise InputError(f"{out}: --out: holds a different sweep (space, data, costs or split differ); "
-                             "remove it or choose another path")
+    if resume:
         done = set(results.done_regions(out).tolist())
     else:
         attrs = results.provenance(
@@ -161,6 +192,8 @@ def run(args) -> int:
         results.write_region(out, xr.Dataset(part), region, k)
         bar.update(mesh[0].size)
         written += 1
+        if written == 1:
+            _common.restart_clock(bar)  # the first region's time includes the kernel compile
         if stop_after and written >= stop_after:
             bar.close()
             os._exit(137)  # simulated kill -9: no clean-up, no final attrs

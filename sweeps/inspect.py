@@ -1,6 +1,7 @@
 """`python -m sweeps.inspect CUBE.zarr`: top configurations, PBO / deflated Sharpe, a verdict, heatmaps.
 
     python -m sweeps.inspect CUBE.zarr [--top 20] [--by METRIC] [--heatmap X Y --metric win_rate --png OUT.png]
+                                       [--no-progress]
 
 Rows are ranked by an IN-SAMPLE metric (default: the search objective) and always
 shown with their out-of-sample figures; in an optimize cube only the
@@ -10,20 +11,72 @@ ratio use the in-sample per-bucket PnL of every configuration tried
 (gpu_engine/validation.py). The verdict: does any configuration meet the
 win-rate target OUT OF SAMPLE (win rate in [lo, hi], Wilson lower bound > 0.5,
 at least --min-trades trades) with positive expectancy after costs.
+
+The slow steps on a big cube (reading it, PBO over 12870 CSCV splits of up to
+20000 distinct series: about a minute on 2 CPU cores) are announced on stderr
+with their elapsed time (`--no-progress` to silence). A path that is not a
+result cube of this engine (missing, a plain folder, a book store, a corrupt
+or an interrupted cube) is refused with one line (exit 2).
 """
 from __future__ import annotations
 
 import math
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from gpu_engine import validation
+from gpu_engine import outputs, validation
+from gpu_engine.enums import METRICS
 from gpu_engine.errors import InputError
 from sweeps import _common
 
 MAX_PBO_CONFIGS = 20_000
+
+
+class Stages:
+    """Progress of the slow steps on stderr: a tqdm line naming the current step, with its elapsed
+    time refreshed every second (the steps themselves report no progress)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="inspect", unit="step", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc}: {n}/{total} steps [{elapsed}]")
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        self._started = False
+
+    def _tick(self):
+        while not self._stop.wait(1.0):
+            try:
+                self.bar.refresh()
+            except Exception:  # the bar was closed meanwhile
+                return
+
+    def __call__(self, what: str) -> None:
+        if self.bar is None:
+            return
+        if self._started:
+            self.bar.update(1)
+        self._started = True
+        self.bar.set_description_str(f"inspect: {what}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self._stop.set()
+            self._thread.join()
+            if self._started:
+                self.bar.update(1)
+            self.bar.set_description_str("inspect: done")
+            self.bar.close()
+            self.bar = None
 
 
 def _flat(ds: xr.Dataset) -> tuple[dict, dict, int]:
@@ -78,8 +131,10 @@ def _wr(m, i, prefix="") -> str:
             f"{m[prefix + 'win_rate_hi'][i]:.3f}] n={int(t)}")
 
 
-def search_stats(ds: xr.Dataset) -> dict:
-    """PBO (CSCV) and the deflated Sharpe ratio of the whole search, from the in-sample buckets."""
+def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
+    """PBO (CSCV) and the deflated Sharpe ratio of the whole search, from the in-sample buckets.
+
+    `stage(text)` is called before each slow step (progress)."""
     capital = float(ds.attrs.get("costs", {}).get("capital", 1.0))
     b = ds["bucket_pnl"]
     B = b.sizes["bucket"]
@@ -90,7 +145,9 @@ def search_stats(ds: xr.Dataset) -> dict:
     out = {"n_tried": n_tried}
     if n_tried < 2:
         return out
+    stage(f"deflated Sharpe over {n_tried} configurations")
     out["dsr"] = validation.deflated_sharpe_of_search(M)
+    stage("distinct bucket series")
     U = np.unique(M, axis=1)
     note = ""
     if U.shape[1] > MAX_PBO_CONFIGS:
@@ -99,23 +156,38 @@ def search_stats(ds: xr.Dataset) -> dict:
         note = f" (a random {MAX_PBO_CONFIGS} of them)"
     S = next((s for s in (16, 14, 12, 10, 8, 6, 4, 2) if B // s >= 2), None)
     if U.shape[1] >= 2 and S:
+        stage(f"PBO: {math.comb(S, S // 2)} CSCV splits over {U.shape[1]} series")
         out["pbo"] = validation.pbo(U, n_splits=S)
         out["pbo_note"] = f"{U.shape[1]} distinct bucket series{note}, S={S}"
     if B >= 10:
+        stage("walk-forward")
         out["wf"] = validation.walk_forward(M if M.shape[1] <= MAX_PBO_CONFIGS else U, n_folds=4, mode="rolling")
     return out
 
 
-def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, min_trades=None) -> str:
+def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, min_trades=None,
+           progress: bool = False, stages: Stages | None = None) -> str:
+    """The text report (see the module docstring). `progress`: announce the slow steps on stderr."""
+    own = stages is None
+    stages = Stages(progress, total=6) if own else stages
+    try:
+        return _report(ds, top, by, target, min_trades, stages)
+    finally:
+        if own:
+            stages.close()
+
+
+def _report(ds, top, by, target, min_trades, stage) -> str:
     attrs = ds.attrs
+    if not attrs.get("complete", True):
+        raise InputError("cube is incomplete (an interrupted grid run): run the same grid command again to finish it")
     lo, hi = target or attrs.get("target_win_rate") or (0.55, 0.60)
     min_trades = attrs.get("min_trades", 30) if min_trades is None else min_trades
     by = by or attrs.get("objective") or "sharpe"
+    stage("ranking")
     m, params, n = _flat(ds)
     if by not in m:
         raise InputError(f"--by: unknown metric {by!r} (known: {', '.join(k for k in m if not k.startswith('oos_'))})")
-    if not attrs.get("complete", True):
-        raise InputError("cube is incomplete (an interrupted grid run): run the same grid command again to finish it")
     has_oos = m.get("oos_evaluated", np.isfinite(m.get("oos_trades", np.full(n, np.nan)))).astype(bool)
     key = np.nan_to_num(m[by], nan=-np.inf)
     order = [i for i in np.argsort(-key, kind="stable") if has_oos[i]][:top]
@@ -142,7 +214,7 @@ def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, mi
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
 
-    st = search_stats(ds)
+    st = search_stats(ds, stage)
     if "pbo" in st:
         p = st["pbo"]
         lines.append(f"PBO (CSCV, {p.n_combinations} splits over {st['pbo_note']}): {p.pbo:.3f}  "
@@ -150,7 +222,7 @@ def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, mi
     if "dsr" in st:
         d = st["dsr"]
         lines.append(f"deflated Sharpe: best per-bucket Sharpe {d.sr:.3f} vs {d.sr0:.3f} expected from "
-                     f"{d.n_trials} unskilled trials -> DSR {d.dsr:.3f} "
+                     f"{int(d.n_trials)} unskilled trials -> DSR {d.dsr:.3f} "
                      f"({'significant' if d.dsr > 0.95 else 'not significant'} at 95%)")
     if "wf" in st:
         lines.append(f"walk-forward (rolling, 4 folds on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
@@ -199,11 +271,16 @@ def heatmap(ds: xr.Dataset, x: str, y: str, metric: str, png: str | Path, agg: s
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    try:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(png)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise InputError(f"{png}: --png: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return png
 
 
@@ -230,29 +307,73 @@ def build_parser():
     p.add_argument("--metric", default="win_rate")
     p.add_argument("--agg", default="median", choices=("median", "mean", "max", "min"))
     p.add_argument("--png", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     return p
+
+
+REQUIRED = tuple(METRICS) + tuple(f"oos_{m}" for m in METRICS) + ("bucket_pnl",)
+
+
+def open_checked(path: str | Path) -> xr.Dataset:
+    """Open the cube at `path` lazily; anything that is not a result cube of ours -> InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such cube")
+    if not outputs.is_ours(path, "cube"):
+        what = "a book store" if outputs.is_ours(path, "book-store") else "not a result cube of this engine"
+        raise InputError(f"{path}: {what} (a cube is the --out of sweeps.optimize or sweeps.grid)")
+    try:
+        ds = xr.open_zarr(path)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable cube ({_first_line(exc)})") from None
+    missing = [v for v in REQUIRED if v not in ds.variables]
+    if missing:
+        raise InputError(f"{path}: corrupt cube: variable {missing[0]!r} is missing")
+    return ds
+
+
+def load_checked(ds: xr.Dataset, path) -> xr.Dataset:
+    """Read every array of the cube into memory; unreadable chunks -> InputError."""
+    try:
+        return ds.load()
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt cube: cannot read its arrays ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
 def run(args) -> int:
     path = Path(args.cube)
-    if not path.exists():
-        raise InputError(f"{path}: no such cube")
     if args.target_win_rate:
         lo, hi = args.target_win_rate
         if not (0 <= lo <= 1 and 0 <= hi <= 1) or lo > hi:
             raise InputError(f"--target-win-rate: values {lo!r} {hi!r} must be in [0, 1] with lo <= hi")
     if args.top < 1:
         raise InputError(f"--top: value {args.top!r} must be >= 1")
+    if args.min_trades is not None and args.min_trades < 0:
+        raise InputError(f"--min-trades: value {args.min_trades!r} must be >= 0")
+    if args.heatmap and not args.png:
+        raise InputError("--heatmap needs --png OUT.png")
+    if args.png and not args.heatmap:
+        raise InputError("--png needs --heatmap PARAM_X PARAM_Y")
+    ds = open_checked(path)
+    if not ds.attrs.get("complete", True):
+        raise InputError(f"{path}: cube is incomplete (an interrupted grid run): "
+                         "run the same grid command again to finish it")
+    stages = Stages(not args.no_progress, total=7)
     try:
-        ds = xr.open_zarr(path)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable cube ({exc})") from None
-    if args.heatmap:
-        if not args.png:
-            raise InputError("--heatmap needs --png OUT.png")
-        out = heatmap(ds, args.heatmap[0], args.heatmap[1], args.metric, args.png, args.agg)
-        print(f"heatmap: {out}")
-    print(report(ds, args.top, args.by, args.target_win_rate, args.min_trades))
+        stages("reading the cube")
+        ds = load_checked(ds, path)
+        if args.heatmap:
+            out = heatmap(ds, args.heatmap[0], args.heatmap[1], args.metric, args.png, args.agg)
+            print(f"heatmap: {out}")
+        text = report(ds, args.top, args.by, args.target_win_rate, args.min_trades, stages=stages)
+    finally:
+        stages.close()
+    print(text)
     return 0
 
 

@@ -78,7 +78,8 @@ def test_fields_and_fair_values(small):
 
 
 def test_s2f_reference_value():
-    # REFERENCE section 2: at height 900,000 SF ~ 121 and the S2F price ~ $1.6M
+    # computed: at height 900,000 SF = 19.875e6 / (3.125 x 52,560) ~ 121 and the S2F price
+    # e^-1.84 x 121^3.36 ~ $1.6M
     s2f = B.stock_to_flow(B.supply_sat(900_000), B.subsidy_sat(900_000))
     assert 120 < s2f < 122
     assert 1.5e6 < B.fair_s2f(s2f) < 1.7e6

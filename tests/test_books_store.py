@@ -202,7 +202,8 @@ def test_import_sampling_symbols_and_attrs(tmp_path, fake_format):
     assert a["exchange"] == "fake" and a["symbol"] == "AAA" and a["sample_ms"] == 1000
     assert a["source"][0]["file"] == "in.txt" and len(a["source"][0]["sha256"]) == 64
     assert a["import"]["messages"] == 8 and a["import"]["rows"] == 3
-    rep2 = importers.import_files([src], fake_format, out, depth=2, symbol="BBB", progress=False)
+    rep2 = importers.import_files([src], fake_format, out, depth=2, symbol="BBB", progress=False,
+                                  overwrite=True)  # replacing a store needs overwrite
     assert load(out).bid_px[:, 0].tolist() == [5.0] and rep2.trades == 1
     text = importers.format_summary(rep2, out)
     for label in ("messages read", "book rows written", "gaps", "resyncs", "crossed books",
@@ -215,11 +216,11 @@ def test_import_errors_leave_no_store_and_cli_exit_2(tmp_path, fake_format, caps
     src = write_lines(tmp_path / "bad.txt", ["1000 AAA 1 2"] * 3 + ["FAIL"])
     with pytest.raises(InputError, match=r"bad.txt:4: field 'x'"):
         importers.import_files([src], fake_format, out, progress=False)
-    assert not list(tmp_path.glob("o.zarr*"))
+    assert not list(tmp_path.glob("*o.zarr*"))  # neither the store nor its .o.zarr.tmp-PID
     rc = cli_main(["import", str(src), "--format", "fake", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "bad.txt:4" in err
-    assert not list(tmp_path.glob("o.zarr*"))
+    assert not list(tmp_path.glob("*o.zarr*"))  # neither the store nor its .o.zarr.tmp-PID
     rc = cli_main(["import", str(tmp_path / "nope.txt"), "--format", "fake", "--out", str(out)])
     assert rc == 2 and "no such file" in capsys.readouterr().err
     empty = write_lines(tmp_path / "t.txt", ["TRADE 1 AAA 1"])

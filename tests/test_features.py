@@ -298,7 +298,7 @@ def test_block_features_aligned_by_time():
 
 
 def test_block_model_without_dataset():
-    # REFERENCE section 3 (computed): the Santostasi law gives ~ $98k on 2025-06-06 (d = 5,998)
+    # computed: the Santostasi law (A = 1.0117e-17, n = 5.82) gives ~ $98k on 2025-06-06 (d = 5,998)
     assert power_law_fair(np.array([1_749_168_000]))[0] == pytest.approx(98_000, rel=0.02)
     assert np.isnan(power_law_fair(np.array([1_230_940_800 - 86_400])))[0]
     # the height anchors are hit exactly; before genesis -1

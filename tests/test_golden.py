@@ -1,8 +1,8 @@
-"""The kernels reproduce the hand-worked golden cases of ../shared/golden/rules_v1.json.
+"""The kernels reproduce the hand-worked golden cases of the trading rules (docs/RULES.md).
 
-Counts must match exactly and money within 1e-9 relative. The golden file lives beside
-ARCHITECTURE.md in ../shared; a copy of both cases' inputs is not kept here, so the test
-skips when the file is absent (a fresh clone without ../shared).
+The two cases (described in docs/TESTING.md) are read from rules_v1.json in the golden-cases
+folder next to the checkout, which is not part of the repository: the tests skip when it is
+absent. Counts must match exactly and money within 1e-9 relative.
 """
 from __future__ import annotations
 

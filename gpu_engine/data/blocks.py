@@ -1,6 +1,6 @@
 """The per-block Bitcoin dataset: issuance, height->time map, fair values, price; build/write/load/lookup.
 
-One row per height 0..N-1 (ARCHITECTURE section 3), dtype `BLOCK_DTYPE` (packed, little-endian):
+One row per height 0..N-1, dtype `BLOCK_DTYPE` (packed, little-endian):
 
   height        int32    block height (== row index)
   time          int64    unix seconds of the block by the time map (`blocks_timemap`)
@@ -22,7 +22,11 @@ One row per height 0..N-1 (ARCHITECTURE section 3), dtype `BLOCK_DTYPE` (packed,
 
 Public API (stable; other modules call these):
   build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0) -> (array, meta)
-  write(path, arr, meta)       .npy written to a temp path then renamed, plus the sidecar JSON
+  claim(path, overwrite, inputs) check before any work that `path` may be written (never a
+                               foreign file, an input, or an existing dataset without overwrite)
+  ensure_default(path)         build + write data/blocks.npy only where nothing stands
+  write(path, arr, meta, overwrite=False)
+                               .npy written to a temp path then renamed, plus the sidecar JSON
                                `<path minus .npy>.json` (schema version, model parameters with their
                                sources, input files with sha256, array sha256, build time)
   load(path) -> array          memory-mapped, read-only (np.load mmap_mode='r'); load_meta(path) -> dict
@@ -53,6 +57,7 @@ from gpu_engine.data.blocks_price import block_prices
 from gpu_engine.data.blocks_sources import DailySeries, parse_day, read_chain_stats, read_prices
 from gpu_engine.data.blocks_timemap import build_time_map
 from gpu_engine.errors import InputError
+from gpu_engine.outputs import claim_output, clean_stale_temps, is_ours
 
 SCHEMA_VERSION = 1
 BLOCK_DTYPE = np.dtype([
@@ -79,15 +84,14 @@ POWER_LAW = {
     "A": 1.0117e-17,
     "n": 5.82,
     "day0": "2009-01-03",
-    "source": "charts.bgeometrics.com/power_law.html (REFERENCE section 3)",
+    "source": "charts.bgeometrics.com/power_law.html",
 }
 S2F_MODEL = {
     "formula": "fair_s2f = exp(a) * s2f^b",
     "a": -1.84,
     "b": 3.36,
     "s2f": "supply_sat / (subsidy_sat * 52560): stock over nominal annual flow; inf once subsidy is 0",
-    "source": "PlanB, 'Modeling Bitcoin Value with Scarcity' (2019) and later charts' per-coin form "
-              "(REFERENCE section 2)",
+    "source": "PlanB, 'Modeling Bitcoin Value with Scarcity' (2019) and later charts' per-coin form",
 }
 ISSUANCE = {
     "rule": "subsidy_sat = (50e8 >> (h // 210000)), 0 when h // 210000 >= 64; "
@@ -157,6 +161,20 @@ def _until_end(until) -> int:
     return (day + 1) * 86400
 
 
+BUILD_BYTES_PER_BLOCK = 256  # the row (65 B) plus the float64/int64 columns build() holds meanwhile
+
+
+def check_fits(n: int, flag: str) -> None:
+    """Refuse (InputError naming `flag`) a block count whose build would not fit in memory."""
+    from gpu_engine.data.books import available_memory
+
+    need = int(n) * BUILD_BYTES_PER_BLOCK
+    avail = available_memory()
+    if avail is not None and need > avail // 2:
+        raise InputError.at(flag, None, None, f"{int(n):,} blocks need about {need / 2**30:,.1f} GiB to build, "
+                            f"more than half the {avail / 2**30:,.1f} GiB of memory available")
+
+
 def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None):
     """Build the dataset in memory: (structured array of BLOCK_DTYPE, meta dict).
 
@@ -193,6 +211,7 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
         length_rule = f"every block with time <= build time {int(ref)}"
     if n > MAX_BLOCKS:
         raise InputError.at("--until", None, None, f"more than {MAX_BLOCKS} blocks")
+    check_fits(n, "--blocks" if n_blocks is not None else "--until")
 
     heights = np.arange(n, dtype=np.int64)
     times = tmap(heights)
@@ -254,15 +273,66 @@ def array_sha256(arr) -> str:
     return hashlib.sha256(memoryview(a.view(np.uint8))).hexdigest()
 
 
-def write(path, arr, meta) -> Path:
-    """Write `arr` to `path` (.npy) and its sidecar JSON; temp files renamed into place.
+def claim(path, overwrite: bool = False, inputs=()) -> Path:
+    """Check that `path` (.npy) and its sidecar may be written (before any work).
 
-    Adds `array_sha256` to `meta`. Raises InputError if the path cannot be written (no partial
-    file is left behind).
+    `gpu_engine.outputs.claim_output` for the .npy (refused when it exists unless `overwrite`,
+    and even then unless it is a block dataset this engine wrote); the sidecar JSON may only
+    be replaced when it is ours too, and neither may be one of `inputs` ((flag, path) pairs).
+    Stale temporaries of both are removed.
     """
     p = Path(path)
     if p.suffix != ".npy":
         raise InputError.at(p, None, "--out", "output path must end in .npy")
+    claim_output(p, "--out", kind="blocks", overwrite=overwrite, inputs=inputs)
+    side = sidecar_path(p)
+    for flag, q in inputs:
+        if q is not None and Path(q).absolute().resolve() == side.absolute().resolve():
+            raise InputError(f"{side}: --out: its sidecar is this command's input {flag} {q}; "
+                             "choose another path")
+    if (side.exists() or side.is_symlink()) and not is_ours(p, "blocks"):
+        if not overwrite:
+            raise InputError(f"{side}: --out: the sidecar of {p.name} already exists; pass --overwrite to "
+                             "replace it or choose another path")
+        if not _our_sidecar(side):
+            raise InputError(f"{side}: --out: exists and is not a block dataset sidecar written by this "
+                             "engine; refusing to replace it even with --overwrite")
+    clean_stale_temps(side)
+    return p
+
+
+def _our_sidecar(side: Path) -> bool:
+    if side.is_symlink() or not side.is_file():
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == "gpu_engine.data.blocks"
+
+
+def ensure_default(path=DEFAULT_OUT) -> Path:
+    """Build and write the default block dataset when nothing stands at `path` (nor its sidecar);
+    return `path`. Stale temporaries of a killed earlier run are removed first; whatever exists
+    is never replaced (a foreign sidecar is refused, one line, exit 2)."""
+    p = Path(path)
+    clean_stale_temps(p)
+    clean_stale_temps(sidecar_path(p))
+    if not (p.exists() or p.is_symlink()):
+        claim(p)
+        arr, meta = build()
+        write(p, arr, meta)
+    return p
+
+
+def write(path, arr, meta, *, overwrite: bool = False) -> Path:
+    """Write `arr` to `path` (.npy) and its sidecar JSON; temp files renamed into place.
+
+    Adds `array_sha256` to `meta`. `path` is claimed first (`claim`): an existing dataset is
+    replaced only with `overwrite`, never a foreign file. Raises InputError if the path
+    cannot be written (no partial file is left behind).
+    """
+    p = claim(path, overwrite=overwrite)
     if arr.dtype != BLOCK_DTYPE:
         raise ValueError(f"dtype {arr.dtype} is not BLOCK_DTYPE")
     meta = dict(meta)
@@ -296,10 +366,15 @@ def write(path, arr, meta) -> Path:
 
 def load(path) -> np.ndarray:
     """Memory-map a written dataset (read-only). Missing/foreign file -> InputError."""
+    if Path(path).is_dir():
+        raise InputError.at(path, None, None, "is a directory, not a block dataset (.npy)")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError.at(path, None, None, f"cannot load a block dataset: {exc}") from None
+    except OSError as exc:
+        raise InputError.at(path, None, None, f"cannot load a block dataset: {exc.strerror or exc}") from None
+    except ValueError:
+        raise InputError.at(path, None, None, "not a block dataset: not a NumPy .npy array file "
+                            "(build one with `python -m gpu_engine.data blocks`)") from None
     if arr.dtype != BLOCK_DTYPE or arr.ndim != 1:
         raise InputError.at(path, None, None, f"not a block dataset (dtype {arr.dtype})")
     return arr
@@ -364,6 +439,11 @@ def power_law_r2(blocks) -> dict | None:
             "blocks": int(real.sum())}
 
 
+def _btc(sat: int) -> str:
+    """Satoshi as BTC in plain decimals (never 4e-08)."""
+    return f"{sat / COIN:.8f}".rstrip("0").rstrip(".")
+
+
 def summary(blocks, meta) -> str:
     n = len(blocks)
     tip = blocks[n - 1]
@@ -374,7 +454,7 @@ def summary(blocks, meta) -> str:
                  + (f", sha256 {sha[:16]}..." if sha else ""))
     lines.append(f"count: {n:,} blocks (heights 0 .. {h:,})")
     lines.append(f"span: {_utc(blocks['time'][0])} .. {_utc(tip['time'])}")
-    lines.append(f"tip: epoch {h // HALVING_INTERVAL} (subsidy {int(tip['subsidy_sat']) / COIN:g} BTC), "
+    lines.append(f"tip: epoch {h // HALVING_INTERVAL} (subsidy {_btc(int(tip['subsidy_sat']))} BTC), "
                  f"supply {int(tip['supply_sat']) / COIN:,.8f} BTC (genesis included)")
     pl = meta.get("power_law", POWER_LAW)
     lines.append(f"fair values at tip: power law ({pl['variant']}, A={pl['A']:g}, n={pl['n']:g}, day 0 {pl['day0']}) "
@@ -418,7 +498,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--chain-stats", nargs="+", action="extend", default=[], metavar="CSV",
                    help="daily block counts (bitcoinvisuals or Coin Metrics CSV) refining the time map")
     p.add_argument("--seed", type=int, default=None, help="synthetic price seed (default 0)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output .npy path (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output .npy path, must not exist (default {DEFAULT_OUT})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing block dataset at --out (never anything else)")
     p.add_argument("--summary", nargs="?", const=True, default=None, metavar="PATH",
                    help="only print the summary of an existing dataset (PATH, default --out)")
     p.set_defaults(func=_cli)
@@ -429,15 +511,24 @@ def _cli(args) -> int:
         if args.blocks is not None or args.until or args.prices or args.chain_stats or args.seed is not None:
             raise InputError.at("--summary", None, None, "prints an existing dataset; give no build options")
         path = args.out if args.summary is True else args.summary
+        if Path(path).is_dir():
+            raise InputError.at(path, None, None, "is a directory, not a block dataset (.npy)")
         if not Path(path).is_file():
             raise InputError.at(path, None, None, "no such dataset (build it with `python -m gpu_engine.data blocks`)")
         blocks = load(path)
         meta = load_meta(path) if sidecar_path(path).is_file() else {}
         print(summary(blocks, meta))
         return 0
+    if args.seed is not None and args.seed < 0:
+        raise InputError.at("--seed", None, None, f"must be a non-negative integer, got {args.seed}")
+    inputs = [("--prices", q) for q in args.prices] + [("--chain-stats", q) for q in args.chain_stats]
+    for flag, q in inputs:
+        if Path(q).is_dir():
+            raise InputError.at(q, None, flag, "is a directory, not a CSV file")
+    claim(args.out, overwrite=args.overwrite, inputs=inputs)  # before any work
     arr, meta = build(n_blocks=args.blocks, until=args.until, prices=args.prices, chain_stats=args.chain_stats,
                       seed=0 if args.seed is None else args.seed)
-    out = write(args.out, arr, meta)
+    out = write(args.out, arr, meta, overwrite=args.overwrite)
     print(f"wrote {out} ({len(arr):,} blocks, {out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out)} "
           f"in {meta['build']['seconds']:.2f} s build")
     print(summary(arr, load_meta(out)))

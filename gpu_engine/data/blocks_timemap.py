@@ -2,7 +2,7 @@
 
 The map is piecewise linear in height between anchors (height, unix time):
 
-* exact anchors: the genesis block and the four halvings' header times (REFERENCE section 1);
+* exact anchors: the genesis block and the four halvings' header times (block explorers' header timestamps);
   these are always kept, so those heights map to their real header times exactly;
 * day-level anchors from news reports (100k, 500k, 600k, 700k, 800k, 900k): placed at the
   middle of the stated UTC day (12:00), or at 00:00 between the two days of a two-day
@@ -38,7 +38,7 @@ from gpu_engine.data.blocks_sources import DailySeries, day_iso, merge_daily
 
 GENESIS_TIME = 1231006505
 
-# (height, unix time, source) - REFERENCE section 1
+# (height, unix time, source): header timestamps as block explorers show them
 EXACT_ANCHORS = (
     (0, 1231006505, "genesis header 2009-01-03 18:15:05 UTC; bitcoin.stackexchange q/91416"),
     (210_000, 1354116278, "halving 1 header 2012-11-28 15:24:38 UTC; BraveNewCoin halving page"),
@@ -47,7 +47,7 @@ EXACT_ANCHORS = (
     (840_000, 1713571767, "halving 4 header 2024-04-20 00:09:27 UTC (mempool-style API fixtures)"),
 )
 
-# (height, first UTC day, last UTC day, source) - REFERENCE section 1, day-level news reports
+# (height, first UTC day, last UTC day, source): day-level news reports
 DAY_ANCHORS = (
     (100_000, "2010-12-29", "2010-12-29", "news report: block 100,000 on 2010-12-29"),
     (500_000, "2017-12-18", "2017-12-19", "news report: block 500,000 on 2017-12-18/19"),

@@ -1,4 +1,4 @@
-"""Canonical L2 book store (Zarr, ARCHITECTURE section 3) and the in-memory `Book` it loads into.
+"""Canonical L2 book store (Zarr) and the in-memory `Book` it loads into.
 
 `Book` is the contract every consumer reads (features, kernels, oracle, sweeps):
   ts      int64   [T]     exchange event time, ns, non-decreasing
@@ -25,8 +25,9 @@ This module owns the on-disk store too:
   `complete` (True once closed), plus whatever the writer was given.
 * `BookStoreWriter` buffers at most `chunk_rows` rows (book and trades each) in
   preallocated arrays and flushes whole chunks, so memory is bounded whatever
-  the length of the input. By default it writes to `<path>.tmp-<pid>` and renames
-  to `path` on `close()`; on an exception or `abort()` the temp is deleted, so a
+  the length of the input. By default it writes to `.<name>.tmp-<pid>` beside `path`
+  (`gpu_engine.outputs.tmp_sibling`) and moves it to `path` on `close()`
+  (`outputs.replace_with`); on an exception or `abort()` the temp is deleted, so a
   half-written store never exists under `path`.
   `incremental=True` (the live recorder) writes at `path` directly and, after
   every flush, records the committed row counts in the attrs (each Zarr file is
@@ -34,7 +35,7 @@ This module owns the on-disk store too:
   sees every flushed row: `load` trusts only the committed counts, never the
   array shapes, which may run ahead of them.
 * `load(path, start, end, to_device)` reads a time window [start, end) (ns) into a
-  `Book`. This package does not import the engine (ARCHITECTURE section 2): to put
+  `Book`. This package does not import the engine (no kernels, backend or sweep): to put
   the arrays on a device, pass `to_device` (e.g. `gpu_engine.backend`'s array
   converter); it is applied to every array and defaults to the identity (host
   numpy arrays).
@@ -42,12 +43,14 @@ This module owns the on-disk store too:
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from gpu_engine import outputs
+from gpu_engine.errors import InputError
 
 SCHEMA_VERSION = 1
 DEFAULT_CHUNK_ROWS = 65536
@@ -125,6 +128,40 @@ def _jsonable(value):
     return value
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process may still allocate: MemAvailable (Linux), else free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def writer_bytes(depth: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Memory a `BookStoreWriter` of `depth` levels needs: its row buffer (ts, seq 8 B; four
+    [depth] columns, 24 B a level) plus, at a flush, about three more copies of a chunk
+    (the slice written, zarr's encode buffer, the compressed chunk), and the trade buffer."""
+    row = 16 + 24 * int(depth)
+    return 4 * int(chunk_rows) * row + int(chunk_rows) * 25
+
+
+def check_depth_fits(depth: int, chunk_rows: int = DEFAULT_CHUNK_ROWS, flag: str = "--depth") -> None:
+    """Refuse (InputError naming `flag`) a depth whose buffers would not fit in memory, before
+    anything is allocated."""
+    need = writer_bytes(depth, chunk_rows)
+    avail = available_memory()
+    if avail is not None and need > avail // 2:
+        raise InputError(f"{flag} {depth}: the store's buffers for {depth:,} levels per side need about "
+                         f"{need / 2**30:,.1f} GiB, more than half the {avail / 2**30:,.1f} GiB of memory "
+                         f"available; use a smaller {flag}")
+
+
 class _Buffer:
     """Preallocated column buffers of `cap` rows, flushed into Zarr arrays by append."""
 
@@ -182,11 +219,16 @@ class BookStoreWriter:
                 raise FileExistsError(f"{self.path}: incremental store already exists (refusing to overwrite)")
             self._target = self.path
         else:
-            self._target = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-            if self._target.exists():
-                shutil.rmtree(self._target)
+            self._target = outputs.tmp_sibling(self.path)
+            outputs.remove_path(self._target)
+        check_depth_fits(self.depth, self.chunk_rows)
         self._target.parent.mkdir(parents=True, exist_ok=True)
-        self._group = zarr.open_group(str(self._target), mode="w", zarr_format=3)
+        try:
+            self._group = zarr.open_group(str(self._target), mode="w", zarr_format=3)
+        except BaseException:
+            if not self.incremental:
+                outputs.remove_path(self._target)
+            raise
         L, C = self.depth, self.chunk_rows
         book_specs = {
             "ts": ((), np.int64, 0), "seq": ((), np.int64, -1),
@@ -391,15 +433,11 @@ class BookStoreWriter:
             raise
         self._closed = True
         if not self.incremental:
-            old = None
-            if self.path.exists():
-                old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(self.path, old)
-            os.replace(self._target, self.path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            try:
+                outputs.replace_with(self._target, self.path)
+            except BaseException:
+                outputs.remove_path(self._target)
+                raise
         return self.path
 
     def abort(self) -> None:
@@ -415,7 +453,7 @@ class BookStoreWriter:
             except Exception:
                 pass
         else:
-            shutil.rmtree(self._target, ignore_errors=True)
+            outputs.remove_path(self._target)
 
 
 def write_store(path, book: Book, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Path:

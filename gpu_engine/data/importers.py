@@ -7,8 +7,13 @@ format in `gpu_engine.data.feeds`) own parsing and book maintenance.
   (`get_reader`). Reader signature (see `feeds/events.py` for its duties):
   `read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport)
    -> Iterator[BookRow | TradeRow]`.
-* `import_files(...)` streams the reader's rows into a `BookStoreWriter` (temp
-  path, renamed on success; deleted on any error, so no half-written store).
+* `import_files(...)` first claims `out` (`gpu_engine.outputs.claim_output`: an
+  existing `out` is refused unless `--overwrite`, and even then only a book store
+  is replaced: never a directory holding stores, a foreign file or an input) and
+  refuses a file that recognisably is another format (`feeds/sniff.py`), then
+  streams the reader's rows into a `BookStoreWriter` (temp path `.NAME.tmp-PID`,
+  moved into place on success; deleted on any error, so no half-written store and
+  no temporary is left; one left by a killed run is removed by the next).
   Sampling (`sample_ms`) keeps the last book row of each `sample_ms` bucket of
   exchange time (trades are never sampled). Rows of another symbol than the one
   selected are dropped and counted; without `--symbol` the first symbol seen is
@@ -21,15 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gpu_engine.data.books import BookStoreWriter
-from gpu_engine.errors import InputError
+from gpu_engine.data.books import BookStoreWriter, check_depth_fits
+from gpu_engine.data.feeds import sniff
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.errors import InputError
+from gpu_engine.outputs import claim_output
 
 Reader = Callable[[list, int, "str | None", ImportReport], Iterator]
 
@@ -74,7 +82,7 @@ def file_digest(path: Path) -> dict:
 
 
 def _make_bar(total: int, enabled: bool):
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():  # a log file or a pipe gets no carriage-return frames
         return None
     from tqdm import tqdm
 
@@ -82,20 +90,45 @@ def _make_bar(total: int, enabled: bool):
                 file=sys.stderr, mininterval=0.5, leave=False)
 
 
-def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = None,
-                 sample_ms: int | None = None, progress: bool = True,
-                 chunk_rows: int = 65536) -> ImportReport:
-    """Import feed files into the book store `out`; returns the report (also stored in attrs)."""
+def check_inputs(paths) -> list[Path]:
+    """The input files as Paths; InputError for a missing one, a directory, an unreadable one."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no input files")
     for p in paths:
-        if not p.is_file():
+        if p.is_dir():
+            raise InputError.at(p, None, None, "is a directory, not a feed file (give the files in it)")
+        if not p.exists():
             raise InputError.at(p, None, None, "no such file")
-    if depth < 1:
-        raise InputError(f"--depth must be >= 1, got {depth}")
+        if not p.is_file():
+            raise InputError.at(p, None, None, "not a regular file")
+        if not os.access(p, os.R_OK):
+            raise InputError.at(p, None, None, "cannot read: permission denied")
+    return paths
+
+
+def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = None,
+                 sample_ms: int | None = None, progress: bool = True,
+                 chunk_rows: int = 65536, overwrite: bool = False) -> ImportReport:
+    """Import feed files into the book store `out`; returns the report (also stored in attrs).
+
+    `out` is claimed first (`gpu_engine.outputs.claim_output`): an existing `out` is refused
+    unless `overwrite`, and even then only a book store is replaced, never the inputs, a
+    directory of stores or a foreign file. Nothing is left behind on any failure.
+    """
+    paths = check_inputs(paths)
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: unknown; --format choices: {', '.join(sorted(FORMATS))}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InputError(f"--depth must be an integer >= 1, got {depth!r}")
     if sample_ms is not None and sample_ms <= 0:
         raise InputError(f"--sample-ms must be > 0, got {sample_ms}")
+    check_depth_fits(depth, chunk_rows)
+    claim_output(out, "--out", kind="book-store", overwrite=overwrite,
+                 inputs=[("FILE", p) for p in paths])
+    why = sniff.mismatch(paths, fmt, sorted(FORMATS))
+    if why is not None:
+        raise InputError(why)
     reader = get_reader(fmt)
     report = ImportReport()
     report.symbol = symbol
@@ -146,8 +179,9 @@ def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = Non
                 report.symbol = chosen
             if writer.rows == 0 and writer.trade_rows == 0:
                 raise InputError.at(paths[0], None, None,
-                                    "nothing usable: no book row or trade could be built"
-                                    + (f" ({'; '.join(report.notes[:3])})" if report.notes else ""))
+                                    f"nothing usable as {fmt}: no book row or trade could be built"
+                                    + (f" ({'; '.join(report.notes[:3])})" if report.notes else "")
+                                    + f"; --format choices: {', '.join(sorted(FORMATS))}")
             if writer.rows == 0:
                 report.note("no book rows written (see the notes above); the store holds trades only")
             report.extra["import_seconds"] = round(time.perf_counter() - t0, 3)
@@ -187,6 +221,17 @@ def _fmt_ns(ns: int | None) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def _fmt_number(v) -> str:
+    """A count as an integer with thousands separators (never 1.2e+04); other numbers plainly."""
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        if v.is_integer():
+            return f"{int(v):,}"
+        return f"{v:,.3f}" if abs(v) >= 1 else f"{v:.4f}"
+    return f"{int(v):,}"
+
+
 def format_summary(report: ImportReport, out) -> str:
     lines = [f"imported -> {out}" + (f" (symbol {report.symbol})" if report.symbol else "")]
     counters = summary_counters(report)
@@ -197,7 +242,7 @@ def format_summary(report: ImportReport, out) -> str:
     lines.append(f"  {'time span (UTC)':<44} {_fmt_ns(report.ts_min)} -> {_fmt_ns(report.ts_max)}")
     for k, v in sorted(report.extra.items()):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("tick_size", "lot_size"):
-            lines.append(f"  {k:<44} {v:>12,}")
+            lines.append(f"  {k:<44} {_fmt_number(v):>12}")
     for g in report.gaps[:10]:
         until = g.get("until")
         lines.append(f"  gap at {_fmt_ns(g['time'])}: {g['reason']}"
@@ -211,7 +256,7 @@ def format_summary(report: ImportReport, out) -> str:
 
 def _run(args) -> int:
     report = import_files(args.files, args.format, args.out, depth=args.depth, symbol=args.symbol,
-                          sample_ms=args.sample_ms, progress=not args.quiet)
+                          sample_ms=args.sample_ms, progress=not args.quiet, overwrite=args.overwrite)
     print(format_summary(report, args.out))
     return 0
 
@@ -225,6 +270,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--depth", type=int, default=20, help="levels per side stored (default 20)")
     p.add_argument("--sample-ms", type=int, default=None,
                    help="keep only the last book row of each N-ms bucket of exchange time")
-    p.add_argument("--out", required=True, help="output store, e.g. data/books/x.zarr")
+    p.add_argument("--out", required=True, help="output store, e.g. data/books/x.zarr (must not exist)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing book store at --out (never anything else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -13,7 +13,7 @@ readable after a `kill -9`). The readers are generators over capture lines, so
 in, that line's rows out), handing it the live lines through the reader's `lines=`
 parameter.
 
-Sync (REFERENCE section 5): subscribe to `<sym>@depth@100ms`, `<sym>@trade`,
+Sync (Binance's documented diff-depth procedure, as in `feeds/binance.py`): subscribe to `<sym>@depth@100ms`, `<sym>@trade`,
 `<sym>@bookTicker` on the combined-stream endpoint; when the reader holds
 buffered diffs and no book (start, or after a gap it detected), GET a REST
 snapshot and feed it; a stale snapshot (older than the buffered diffs) is
@@ -827,7 +827,27 @@ def _run(args) -> int:
     )
     if cfg.flush_seconds <= 0 or cfg.flush_rows < 1:
         raise InputError("--flush-seconds must be > 0 and --flush-rows >= 1")
+    check_outputs(cfg)
     return asyncio.run(Recorder(cfg).run())
+
+
+def check_outputs(cfg) -> None:
+    """Before any connection: --out (and --raw) must not exist and must be writable, and
+    --depth must fit in memory; each refusal is one line naming the flag (exit 2)."""
+    from gpu_engine.data.books import check_depth_fits
+    from gpu_engine.outputs import check_parent_writable
+
+    if isinstance(cfg.depth, int) and cfg.depth >= 1:
+        check_depth_fits(cfg.depth, cfg.chunk_rows)
+    for flag, p in (("--out", cfg.out), ("--raw", cfg.raw)):
+        if p is None:
+            continue
+        p = Path(p)
+        if p.exists() or p.is_symlink():
+            raise InputError(f"{p}: {flag}: already exists; record never replaces data, choose another path")
+        check_parent_writable(p, flag)
+    if cfg.raw is not None and Path(cfg.raw).absolute() == Path(cfg.out).absolute():
+        raise InputError(f"{cfg.raw}: --raw: same path as --out")
 
 
 def add_cli(subparsers) -> None:
@@ -837,7 +857,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
     p.add_argument("--depth", type=int, default=20, help="levels per side stored (default 20)")
     p.add_argument("--duration", default=None, help="stop after this long (e.g. 90s, 30m, 1h; default: until signalled)")
-    p.add_argument("--out", required=True, help="output book store (must not exist), e.g. data/books/x.zarr")
+    p.add_argument("--out", required=True, help="output book store (must not exist; record never replaces "
+                        "data), e.g. data/books/x.zarr")
     p.add_argument("--raw", default=None, help="also write the raw capture here, in the format the importer reads (Binance "
                         "'<local_ts_ns> <json>', Coinbase cryptofeed '<seconds>: <json>'; .gz ok)")
     p.add_argument("--ws-url", default=None, help="WebSocket base URL (default: the exchange's)")

@@ -1,4 +1,4 @@
-"""Synthetic order flow: the main job's embedded default data (docs/SYNTH.md, REFERENCE section 10).
+"""Synthetic order flow: the main job's embedded default data (docs/SYNTH.md).
 
 Owns the driver around the numba engine (`synth_engine`): seeding the book at the anchor price,
 warm-up, chunked generation in physical units, writing a book store with a trades group, the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,8 +23,9 @@ from gpu_engine.data import synth_book as SB
 from gpu_engine.data import synth_engine as E
 from gpu_engine.data import synth_layout as LY
 from gpu_engine.data.books import Book, Trades
-from gpu_engine.errors import InputError
 from gpu_engine.data.synth_params import DEFAULT, SynthParams
+from gpu_engine.errors import InputError
+from gpu_engine.outputs import claim_output, clean_stale_temps
 
 GENERATOR = "gpu_engine.data.synth v1 (ZI limit/market/cancel + Hawkes market orders)"
 DEFAULT_START = "2024-08-08T00:00"
@@ -264,13 +266,22 @@ def generate(start=DEFAULT_START, hours: float = 1.0, seed: int = 0, price: floa
 
 def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0,
           price: float | None = None, params: SynthParams = DEFAULT, blocks=None,
-          chunk_rows: int = 65536, progress: bool = False) -> dict:
-    """Generate and write a book store (temp path + rename by the writer); returns a summary."""
-    from gpu_engine.data.books import BookStoreWriter
+          chunk_rows: int = 65536, progress: bool = False, overwrite: bool = False) -> dict:
+    """Generate and write a book store (temp path + rename by the writer); returns a summary.
+
+    `path` is claimed before any work (`gpu_engine.outputs.claim_output`): an existing path is
+    refused unless `overwrite`, and even then only a book store is replaced (never a directory
+    of stores, a foreign file or the --blocks input). A failure leaves nothing behind.
+    """
+    from gpu_engine.data.books import BookStoreWriter, check_depth_fits
 
     start_ns = parse_start(start)
     params.validate()
     _check_args(hours, seed, params.sample_ms)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise InputError(f"synth: chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+    check_depth_fits(params.depth, chunk_rows, flag="synth depth")
+    claim_output(path, "--out", kind="book-store", overwrite=overwrite, inputs=[("--blocks", blocks)])
     anchor = None
     if price is None:
         price, anchor = anchor_price(start_ns, blocks)
@@ -278,9 +289,9 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
     attrs = store_attrs(start_ns, hours, seed, price, params, anchor)
     total_s = hours * 3600.0
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # a log file or a pipe gets no carriage-return frames
         from tqdm import tqdm
-        bar = tqdm(total=round(total_s), unit="sim s", desc="synth", leave=False)
+        bar = tqdm(total=round(total_s), unit="sim s", desc="synth", leave=False, file=sys.stderr)
     n_rows = n_trades = 0
     first = last = None
     try:
@@ -313,13 +324,15 @@ def ensure_default(path=DEFAULT_OUT, start=DEFAULT_START, hours: float = DEFAULT
                    blocks=None, price: float | None = None, progress: bool = False) -> Path:
     """Generate the default synthetic store when `path` does not exist yet; return its path.
 
+    Nothing that stands at `path` is ever replaced; stale temporaries of earlier killed runs
+    (ours, whose process is gone) are removed first.
     Defaults: 6 h from 2024-08-08T00:00 UTC, seed 0, anchored at the block dataset's price
     (data/blocks.npy when present, else built in memory); about 10 s on one core, 6 s of it
     numba compiling the engine.
     """
     path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)  # a killed first run's `.synth.zarr.tmp-PID` (its process is gone)
+    if not (path.exists() or path.is_symlink()):  # only where nothing stands
         write(path, start=start, hours=hours, seed=seed, price=price, blocks=blocks, progress=progress)
     return path
 
@@ -332,7 +345,9 @@ def add_cli(subparsers) -> None:
     sp.add_argument("--start", default=DEFAULT_START, help="UTC start, ISO (default %(default)s)")
     sp.add_argument("--hours", type=float, default=DEFAULT_HOURS, help="simulated hours (default %(default)s)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    sp.add_argument("--out", default=DEFAULT_OUT, help="store path (default %(default)s)")
+    sp.add_argument("--out", default=DEFAULT_OUT, help="store path, must not exist (default %(default)s)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing book store at --out (never anything else)")
     sp.add_argument("--blocks", default=None, help="block dataset for the price anchor "
                                                    f"(default {DEFAULT_BLOCKS} if present, else built in memory)")
     sp.add_argument("--price", type=float, default=None, help="anchor price instead of the block dataset")
@@ -344,11 +359,11 @@ def _cli(args) -> int:
 
     t = time.perf_counter()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     s = write(out, start=args.start, hours=args.hours, seed=args.seed, price=args.price,
-              blocks=args.blocks, progress=True)
+              blocks=args.blocks, progress=True, overwrite=args.overwrite)
     wall = time.perf_counter() - t
-    print(f"synth: wrote {s['path']}: {s['rows']} rows, {s['trades']} trades, {s['hours']:g} h from "
+    hours = f"{s['hours']:,.6f}".rstrip("0").rstrip(".")
+    print(f"synth: wrote {s['path']}: {s['rows']} rows, {s['trades']} trades, {hours} h from "
           f"{args.start} UTC, seed {s['seed']}, anchor {s['price']:.2f}, mid {s['first_mid']:.2f} -> "
           f"{s['last_mid']:.2f}, {wall:.1f} s")
     return 0

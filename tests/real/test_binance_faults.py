@@ -299,15 +299,15 @@ def test_unusable_input_exits_2_without_a_store(real_dir, tmp_path, capsys):
     src.write_text("hello\nworld\n")
     rc, out, err, store = cli(tmp_path, capsys, src)
     assert rc == 2 and err.count("\n") == 1 and "notes.jsonl:1" in err
-    assert not list(tmp_path.glob("o.zarr*"))
+    assert not list(tmp_path.glob("*o.zarr*"))
     garbage = tmp_path / "g.jsonl.gz"
     garbage.write_bytes(b"\x1f\x8b" + b"\x00" * 100)
     rc, out, err, store = cli(tmp_path, capsys, garbage)
-    assert rc == 2 and "g.jsonl.gz" in err and not list(tmp_path.glob("o.zarr*"))
+    assert rc == 2 and "g.jsonl.gz" in err and not list(tmp_path.glob("*o.zarr*"))
     # a capture of bookTicker lines only: nothing usable
     only = [ln for ln in real_lines(real_dir, n=500) if b"bookTicker" in ln]
     rc, out, err, store = cli(tmp_path, capsys, write_gz(tmp_path / "bt.jsonl.gz", only))
-    assert rc == 2 and "nothing usable" in err and not list(tmp_path.glob("o.zarr*"))
+    assert rc == 2 and "nothing usable" in err and not list(tmp_path.glob("*o.zarr*"))
 
 
 def test_store_matches_direct_reader(real_dir, tmp_path):

@@ -7,7 +7,8 @@ snapshot line is the REST response's receive time, so it usually follows a few
 diffs). Several files are read as one stream, in the order given (a capture
 split across days keeps its book).
 
-Book sync (REFERENCE section 5), `DepthSync`:
+Book sync (Binance's "How to manage a local order book correctly", spot and futures
+API docs), `DepthSync`:
 * Until a usable snapshot, depthUpdates are buffered (at most `BUFFER_MAX`; the
   oldest are dropped and counted as unsynced beyond that).
 * On a snapshot line `lastUpdateId` = L: drop buffered events with u <= L (spot)
@@ -68,6 +69,7 @@ from typing import Iterator
 
 import numpy as np
 
+from gpu_engine.data.feeds import sniff
 from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.feeds.jsonl import MAX_LISTED_BAD, iter_capture
@@ -146,7 +148,7 @@ class _Clock:
 
 
 class DepthSync:
-    """Snapshot + diff-depth book maintenance for one symbol (REFERENCE section 5).
+    """Snapshot + diff-depth book maintenance for one symbol (see the module docstring).
 
     Feed it `on_depth(event)` and `on_snapshot(L, bids, asks, ts)`; both return the
     list of (event, top-`depth` arrays) to emit a row for, in order. Also usable by a live recorder
@@ -517,6 +519,8 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                 continue
             else:
                 report.count("unknown_stream")
+                if stream is None and obj.get("e") is None:
+                    raise _Bad("bad_lines", sniff.not_this("binance-jsonl", obj))
                 raise _Bad("bad_lines", f"unknown stream {stream or obj.get('e')!r}")
         except _Bad as exc:
             if exc.kind == "bad_lines":

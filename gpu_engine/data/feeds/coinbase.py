@@ -7,7 +7,7 @@ snapshot, and the Advanced Trade `sequence_num` restarts); `wss://... <- ts: {se
 lines are skipped. `iter_cryptofeed` (also used by the OKX reader) walks them; it is
 here because `jsonl.iter_capture` hides connection headers and the raw text of bad lines.
 
-Exchange feed (REFERENCE section 5): `snapshot` {product_id, bids, asks} then
+Exchange feed (Coinbase Exchange WebSocket docs, `level2` channel): `snapshot` {product_id, bids, asks} then
 `l2update` {product_id, time, changes: [[side buy|sell, price, new absolute size]]}.
 level2 has no sequence number: seq = -1 (or the message's `sequence` when present,
 updates with a `sequence` not above the last are ignored as stale). The snapshot has no
@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpu_engine.errors import InputError
+from gpu_engine.data.feeds import sniff
 from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
 from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.feeds.jsonl import LOCAL_TS_TOLERANCE_NS, iter_lines, split_cryptofeed_line
@@ -342,6 +343,8 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 continue
             # ---- Exchange feed
             mtype = obj.get("type")
+            if mtype in ("l2update", "snapshot") and not isinstance(obj.get("product_id"), str):
+                raise ValueError(sniff.not_this("coinbase-jsonl", obj))  # e.g. a Bybit snapshot
             if mtype == "l2update":
                 product = obj.get("product_id")
                 if not pick.keep(product):
@@ -401,13 +404,16 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 report.count("error_messages")
             elif mtype in _IGNORED:
                 report.count(f"ignored_{mtype}")
+            elif mtype is None or sniff.identify(obj) != "coinbase-jsonl":
+                raise ValueError(sniff.not_this("coinbase-jsonl", obj))
             else:
                 raise ValueError(f"unknown message type {mtype!r}")
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             report.bad_lines += 1
             report.count("unknown_or_malformed_messages")
             if report.extra["unknown_or_malformed_messages"] <= MAX_LISTED_BAD:
-                report.note(f"{path.name}:{lineno}: {exc.__class__.__name__}: {str(exc)[:100]}")
+                report.note(f"{path.name}:{lineno}: "
+                            + (f"field {exc.args[0]!r} missing" if isinstance(exc, KeyError) else str(exc)[:160]))
             product = obj.get("product_id") if isinstance(obj, dict) else None
             for name, st in books.items():
                 if name == product and obj.get("type") in ("l2update", "snapshot"):

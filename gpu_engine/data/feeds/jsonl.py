@@ -240,4 +240,8 @@ def iter_capture(paths, report: ImportReport, style: str = "stamped",
 
 def _short(exc: Exception, n: int = 80) -> str:
     s = str(exc)
+    if s.startswith("invalid literal for int()"):
+        s = "the line does not start with an integer receive stamp (`<local_ts> <json>`)"
+    elif isinstance(exc, UnicodeDecodeError):
+        s = "not UTF-8 text"
     return s if len(s) <= n else s[:n] + "..."

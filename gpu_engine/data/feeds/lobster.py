@@ -169,6 +169,17 @@ def _agrees(kind: int, size: int, price: int, direction: int,
     return True
 
 
+def _why(exc: Exception) -> str:
+    """A bad value as the user sees it ('not an integer: 'abc''), not Python's int() message."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not ASCII text"
+    text = str(exc)
+    m = re.match(r"invalid literal for int\(\) with base 10: (.*)$", text)
+    if m:
+        return f"not an integer: {m.group(1)}"
+    return text
+
+
 def read(paths: list[Path], depth: int, symbol: str | None,
          report: ImportReport) -> Iterator[BookRow | TradeRow]:
     pairs = _pairs(paths)
@@ -194,26 +205,30 @@ def read(paths: list[Path], depth: int, symbol: str | None,
         report.extra.setdefault("tick_size", 0.01)
         for (lineno, mline), (_, oline) in zip(iter_lines(msg_path, report), iter_lines(ob_path, report)):
             report.messages += 1
+            where = msg_path  # the file the value being parsed comes from (named in the note)
             try:
                 m = mline.decode("ascii").strip().split(",")
                 if len(m) < 6:
-                    raise ValueError("message row needs 6 columns")
+                    raise ValueError(f"message row needs 6 columns, has {len(m)}")
                 ts = base_ns + seconds_to_ns(m[0])
                 kind, size, price, direction = int(m[1]), int(m[3]), int(m[4]), int(m[5])
                 if size < 0:
                     raise _NegativeSize("negative size")
+                where = ob_path
                 ob = [int(v) for v in oline.decode("ascii").strip().split(",")]
                 if len(ob) != 4 * levels:
-                    raise ValueError(f"orderbook row needs {4 * levels} columns")
+                    raise ValueError(f"orderbook row needs {4 * levels} columns, has {len(ob)}")
                 (ask_px, ask_sz, bid_px, bid_sz), ob = _parse_row(ob, levels)
             except _NegativeSize:
                 report.negative_sizes += 1
+                if len(report.notes) < 20:
+                    report.note(f"{where.name}:{lineno}: negative size")
                 prev_ob = None
                 continue
             except (ValueError, UnicodeDecodeError) as exc:
                 report.bad_lines += 1
                 if len(report.notes) < 20:
-                    report.notes.append(f"{msg_path.name}:{lineno}: {exc}")
+                    report.note(f"{where.name}:{lineno}: {_why(exc)}")
                 prev_ob = None
                 continue
             if kind in (1, 2, 3, 4) and prev_ob is not None:

@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpu_engine.data.feeds import sniff
 from gpu_engine.data.feeds.book import LevelError, parse_levels
 from gpu_engine.data.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, BookState, Picker, TradeClock,
                                             iter_cryptofeed, kind_in, product_in, tick_step)
@@ -113,7 +114,9 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                     report.note(f"{path.name}:{lineno}: OKX error {obj.get('code')}: {str(obj.get('msg'))[:80]}")
                 report.count(f"ignored_event_{obj['event']}")
                 continue
-            arg = obj["arg"]
+            arg = obj.get("arg")
+            if not isinstance(arg, dict) or "channel" not in arg:
+                raise ValueError(sniff.not_this("okx-jsonl", obj))
             channel, inst = arg["channel"], arg.get("instId")
             if channel in BOOK_CHANNELS:
                 if not pick.keep(inst):
@@ -134,7 +137,8 @@ def read(paths: list[Path], depth: int, symbol: str | None,
             report.bad_lines += 1
             report.count("unknown_or_malformed_messages")
             if report.extra["unknown_or_malformed_messages"] <= MAX_LISTED_BAD:
-                report.note(f"{path.name}:{lineno}: {exc.__class__.__name__}: {str(exc)[:100]}")
+                report.note(f"{path.name}:{lineno}: "
+                            + (f"field {exc.args[0]!r} missing" if isinstance(exc, KeyError) else str(exc)[:160]))
             st = books.get(inst) if isinstance(inst, str) else None
             if st is not None:
                 st.lose(st.last_ts or 0, "malformed book message", file=str(path), line=lineno)

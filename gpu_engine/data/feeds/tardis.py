@@ -1,6 +1,6 @@
 """Tardis.dev CSV reader: incremental_book_L2, book_snapshot_N and trades files -> rows.
 
-Columns (docs.tardis.dev/downloadable-csv-files/data-types, REFERENCE section 5); the
+Columns (docs.tardis.dev/downloadable-csv-files/data-types); the
 kind of each file is recognised from its header row; `.gz` files are read as gzip:
 
   incremental_book_L2  exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount

@@ -1,0 +1,192 @@
+"""What a capture line looks like: which feed format, which line shape (for error messages).
+
+The importer reads a few lines of each input before any work (`mismatch`) and refuses a
+file that is recognisably something else than the `--format` asked for, naming the file,
+the line, what it looks like and the formats that exist:
+
+    FILE:LINE: not a binance-jsonl message (looks like a Bybit v5 message, which no
+    --format reads); --format choices: binance-jsonl, coinbase-jsonl, ...
+
+Recognised messages (`identify(obj)`): the formats this package reads (binance-jsonl:
+a combined-stream envelope `{"stream", "data"}`, a bare event `{"e": "depthUpdate" ...}` or
+a REST snapshot `{"lastUpdateId", ...}`; coinbase-jsonl: `{"type": "snapshot" |
+"l2update" | "match" ...}` or Advanced Trade `{"channel": "l2_data" ...}`; okx-jsonl:
+`{"arg": {"channel", "instId"}, ...}` or `{"event": ...}`) and two it does not (Bybit v5
+`{"topic": "orderbook.50.BTCUSDT", ...}`, Hyperliquid `{"channel": "l2Book", "data":
+{"coin", ...}}`). Line shapes (`split_shape`): `<local_ts> <json>` (hftbacktest, what
+binance-jsonl reads), `<seconds>: <json>` (cryptofeed, what coinbase-jsonl and okx-jsonl
+read), bare JSON, or text (CSV: lobster, tardis-csv).
+
+Only a line that is decisive refuses a file: JSON that parses and is either recognisably of
+another format, or of this format in the wrong line shape. Anything unrecognised is left
+to the reader (which counts bad lines and says what it could not use).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from gpu_engine.data.feeds.events import ImportReport
+from gpu_engine.errors import InputError
+
+SNIFF_LINES = 20  # lines looked at per file
+
+# the line shape each format reads
+EXPECTED_SHAPE = {
+    "binance-jsonl": "stamped",
+    "coinbase-jsonl": "cryptofeed",
+    "okx-jsonl": "cryptofeed",
+    "lobster": "csv",
+    "tardis-csv": "csv",
+}
+SHAPE_NAMES = {
+    "stamped": "a `<local_ts> <json>` line (hftbacktest capture)",
+    "cryptofeed": "a `<seconds>: <json>` line (cryptofeed capture)",
+    "json": "a bare JSON line without a receive stamp",
+    "csv": "a CSV line",
+}
+FOREIGN = {
+    "bybit": "a Bybit v5 message, which no --format reads",
+    "hyperliquid": "a Hyperliquid message, which no --format reads",
+}
+
+_STAMPED = re.compile(rb"^\s*-?\d+ (?=\s*[\[{])")
+_CRYPTOFEED = re.compile(rb"^\s*-?\d+(?:\.\d*)?: (?=\s*[\[{])")
+_COINBASE_TYPES = {"snapshot", "l2update", "match", "last_match", "subscriptions", "heartbeat", "ticker",
+                   "received", "open", "done", "change", "activate", "error"}
+_COINBASE_CHANNELS = {"l2_data", "market_trades", "heartbeats", "subscriptions", "ticker", "ticker_batch"}
+_HYPERLIQUID_CHANNELS = {"l2Book", "trades", "bbo", "allMids", "subscriptionResponse", "candle"}
+_BINANCE_EVENTS = {"depthUpdate", "trade", "aggTrade", "bookTicker", "24hrTicker", "kline", "markPriceUpdate"}
+
+
+def article(word: str) -> str:
+    """'a binance-jsonl' / 'an okx-jsonl'."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"
+
+
+def not_this(fmt: str, obj) -> str:
+    """'not an okx-jsonl message (looks like a Bybit v5 message, ...)': a reader's note for a message
+    of another format."""
+    return f"not {article(fmt)} message (looks like {describe(obj)})"
+
+
+def split_shape(line: bytes) -> tuple[str | None, bytes]:
+    """(shape, payload): shape 'stamped' | 'cryptofeed' | 'json' | 'csv' | 'header' | None (blank)."""
+    s = line.strip()
+    if not s:
+        return None, b""
+    if s.startswith((b"wss://", b"ws://")):
+        return "header", b""
+    m = _STAMPED.match(s)
+    if m:
+        return "stamped", s[m.end():]
+    m = _CRYPTOFEED.match(s)
+    if m:
+        return "cryptofeed", s[m.end():]
+    if s[:1] in (b"{", b"["):
+        return "json", s
+    return "csv", s
+
+
+def identify(obj) -> str | None:
+    """The format name (or FOREIGN key) a parsed JSON message belongs to, None if unknown."""
+    if not isinstance(obj, dict):
+        return None
+    topic = obj.get("topic")
+    if isinstance(topic, str) and ("data" in obj or "type" in obj):
+        return "bybit"
+    channel = obj.get("channel")
+    data = obj.get("data")
+    if isinstance(channel, str) and "arg" not in obj:
+        if channel in _HYPERLIQUID_CHANNELS or (isinstance(data, dict) and "coin" in data):
+            return "hyperliquid"
+        if channel in _COINBASE_CHANNELS or "events" in obj:
+            return "coinbase-jsonl"
+    if isinstance(obj.get("arg"), dict) or ("event" in obj and "op" not in obj and "type" not in obj):
+        return "okx-jsonl"
+    if isinstance(obj.get("stream"), str) or "lastUpdateId" in obj or obj.get("e") in _BINANCE_EVENTS:
+        return "binance-jsonl"
+    if isinstance(obj.get("type"), str) and (obj["type"] in _COINBASE_TYPES or "product_id" in obj):
+        return "coinbase-jsonl"
+    return None
+
+
+def describe(obj) -> str:
+    """'a Bybit v5 message, which no --format reads' / 'a okx-jsonl message' / 'an unknown JSON message'."""
+    who = identify(obj)
+    if who is None:
+        keys = ", ".join(repr(k) for k in list(obj)[:4]) if isinstance(obj, dict) else type(obj).__name__
+        return f"an unknown JSON message ({keys})"
+    return FOREIGN.get(who) or f"{article(who)} message"
+
+
+def _binary(line: bytes) -> bool:
+    """NUL bytes or invalid UTF-8 in a line: not a text capture (gzip is decompressed before)."""
+    if b"\x00" in line:
+        return True
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _parse(payload: bytes):
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _looks(fmt: str, shape: str, obj) -> str | None:
+    """Why this line is decisively not `fmt` ('' when it decisively is `fmt`), None if undecided."""
+    who = identify(obj) if obj is not None else None
+    want = EXPECTED_SHAPE.get(fmt)
+    if obj is None:
+        return None
+    if want == "csv":
+        return f"JSON ({describe(obj)}) in {SHAPE_NAMES[shape]}"
+    if who is None:
+        return None
+    if who in FOREIGN:
+        return f"{FOREIGN[who]}, in {SHAPE_NAMES[shape]}"
+    if who != fmt:
+        return f"{article(who)} message in {SHAPE_NAMES[shape]}: try --format {who}"
+    if shape != want:
+        return f"{article(fmt)} message in {SHAPE_NAMES[shape]}; {fmt} reads {SHAPE_NAMES[want]}"
+    return ""
+
+
+def mismatch(paths, fmt: str, choices) -> str | None:
+    """A one-line refusal when the first decisive line of a file is not `fmt` (see the docstring)."""
+    from gpu_engine.data.feeds.jsonl import iter_lines
+
+    if fmt not in EXPECTED_SHAPE:
+        return None  # a format registered elsewhere (tests, plugins): its reader decides
+    for path in map(Path, paths):
+        seen = 0
+        try:
+            for lineno, line in iter_lines(path, ImportReport()):
+                if _binary(line):
+                    return (f"{path}:{lineno}: not {article(fmt)} file: binary data, not text lines; "
+                            f"--format choices: {', '.join(choices)}")
+                shape, payload = split_shape(line)
+                if shape in (None, "header"):
+                    continue
+                seen += 1
+                if seen > SNIFF_LINES:
+                    break
+                obj = _parse(payload) if shape != "csv" else None
+                if shape == "csv" and EXPECTED_SHAPE.get(fmt) == "csv":
+                    break  # the CSV readers check their own headers and columns
+                why = _looks(fmt, shape, obj)
+                if why == "":
+                    break
+                if why is not None:
+                    unit = "file" if EXPECTED_SHAPE.get(fmt) == "csv" else "message"
+                    return (f"{path}:{lineno}: not {article(fmt)} {unit} (looks like {why}); "
+                            f"--format choices: {', '.join(choices)}")
+        except InputError:
+            continue  # unreadable: the reader says so
+    return None
