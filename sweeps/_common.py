@@ -188,25 +188,42 @@ def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int) ->
 def progress(total: int, unit: str, disable: bool, initial: int = 0, desc: str | None = None,
              smoothing: float = 0.0):
     """A tqdm bar on stderr. Counts print as integers (no unit scaling: `24576`, not `24.6k`);
-    smoothing 0 = the average rate since the clock started (see `restart_clock`)."""
+    smoothing 0 = the average rate since the bar started (see `WarmBar`)."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, unit_scale=False, disable=disable, initial=initial,
                 desc=desc, dynamic_ncols=True, mininterval=0.5, file=sys.stderr, smoothing=smoothing)
 
 
-def restart_clock(bar) -> None:
-    """Restart the bar's rate clock at its current count.
+class WarmBar:
+    """A progress bar that appears after the first batch of this process, with the count done so far.
 
-    Called after the first batch of a process, whose time includes the one-off kernel compile
-    (~20 s): without it the first estimate of the remaining time is many times too long.
+    The first batch's time includes the one-off kernel compile (~20 s): a bar started before it
+    estimates the remaining time many times too long (54 min for a 10 min grid). Until the bar
+    appears, one line on stderr says what is running.
     """
-    if bar.disable:
-        return
-    n = bar.n
-    bar.reset(total=bar.total)  # clears the rate estimates and restarts the clock
-    bar.n = bar.last_print_n = bar.initial = n
-    bar.refresh()
+
+    def __init__(self, total: int, unit: str, disable: bool, initial: int = 0, desc: str = ""):
+        self.total, self.unit, self.disable, self.n, self.desc = total, unit, disable, initial, desc
+        self.bar = None
+        if not disable and initial < total:
+            sys.stderr.write(f"{desc}: {initial}/{total} {unit}; the first batch includes the kernel compile ...\n")
+            sys.stderr.flush()
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.bar is None:
+            self.bar = progress(self.total, self.unit, self.disable, initial=self.n, desc=self.desc)
+        else:
+            self.bar.update(k)
+
+    def set_postfix(self, **kw) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**kw)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def input_paths(args, space) -> list[tuple[str, Path]]:

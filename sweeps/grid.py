@@ -165,7 +165,7 @@ def run(args) -> int:
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     todo = [k for k in range(len(regions)) if k not in done]
     done_cfg = sum(_size(regions[k]) for k in done)
-    bar = _common.progress(total, "cfg", args.no_progress, initial=done_cfg, desc="grid")
+    bar = _common.WarmBar(total, "cfg", args.no_progress, initial=done_cfg, desc="grid")
     written = 0
     for k in todo:
         reg = regions[k]
@@ -192,8 +192,6 @@ def run(args) -> int:
         results.write_region(out, xr.Dataset(part), region, k)
         bar.update(mesh[0].size)
         written += 1
-        if written == 1:
-            _common.restart_clock(bar)  # the first region's time includes the kernel compile
         if stop_after and written >= stop_after:
             bar.close()
             os._exit(137)  # simulated kill -9: no clean-up, no final attrs

@@ -120,6 +120,8 @@ def _fmt(v, spec=".3g") -> str:
         return "-"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
+    if v == int(v) and abs(v) < 1e9:
+        return str(int(v))  # counts and integral values: `1000`, never `1e+03` or `1000.0`
     return format(v, spec)
 
 

@@ -401,12 +401,19 @@ def open_study(storage, storage_desc: str, name: str, fp: str, fields: dict):
     import optuna
 
     try:
-        persist = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+        try:  # load first: create_study(load_if_exists=True) appends to a journal even when it loads
+            storage.get_study_id_from_name(name)
+            persist = optuna.load_study(study_name=name, storage=storage)
+            if persist.direction != optuna.study.StudyDirection.MAXIMIZE:
+                raise ValueError("it is not a single-objective maximize study")
+        except KeyError:
+            persist = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                          load_if_exists=True)
         old_fp = persist.user_attrs.get("fingerprint")
         if old_fp is None:
             persist.set_user_attr("fingerprint_fields", fields)
             persist.set_user_attr("fingerprint", fp)
-    except ValueError as exc:  # e.g. a multi-objective study of the same name
+    except (ValueError, RuntimeError) as exc:  # e.g. a multi-objective study of the same name
         raise InputError(f"--study: study {name!r} in {_safe_url(storage_desc)}: {_first_line(exc)}; "
                          "pass --study NAME for a new study") from None
     if old_fp is not None and old_fp != fp:
@@ -566,7 +573,8 @@ def run(args) -> int:
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     stop_mid = int(os.environ.get(STOP_MID_ENV, "0") or 0)
     timings = []
-    bar = _common.progress(args.trials, "trial", args.no_progress, initial=min(completed, args.trials), desc="optimize")
+    bar = _common.WarmBar(args.trials, "trial", args.no_progress, initial=min(completed, args.trials),
+                         desc="optimize")
     batches = 0
     while completed < args.trials:
         k = min(args.batch, args.trials - completed)
@@ -600,8 +608,6 @@ def run(args) -> int:
         completed += k
         batches += 1
         bar.update(k)
-        if batches == 1:
-            _common.restart_clock(bar)  # the first batch's time includes the kernel compile
         bar.set_postfix(optuna=f"{100 * (t_ask + t_tell) / total:.1f}%", cfg_s=f"{k * nb / max(t_eval, 1e-9):.0f}")
         if stop_after and batches >= stop_after:
             bar.close()

@@ -59,3 +59,19 @@ def test_provenance_hashes_files_and_stores(tmp_path):
     for key in ("space", "space_sha256", "costs", "device", "engine_version", "wall_s", "created_utc"):
         assert key in a
     assert a["seed"] == 1 and isinstance(a["seed"], int)
+
+
+def test_write_cube_replaces_a_file_and_leaves_no_temporaries(tmp_path):
+    """(shutil.rmtree(old, ignore_errors=True) used to leave a replaced *file* behind silently.)"""
+    from gpu_engine import outputs
+
+    p = tmp_path / "c.zarr"
+    p.write_text("claimed by the caller with --overwrite")
+    ds = xr.Dataset({"x": ("a", np.arange(3.0))})
+    results.write_cube(ds, p)
+    assert p.is_dir() and sorted(q.name for q in tmp_path.iterdir()) == ["c.zarr"]
+    tmpl = xr.Dataset({"x": (("a",), da.full((4,), np.nan, chunks=(2,)))})
+    results.create_template(tmpl, p, 2, {"kind": "grid"})  # over the cube: moved into place, old one gone
+    assert results.read_attrs(p)["complete"] is False
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c.zarr"]
+    assert not outputs.tmp_sibling(p).exists()

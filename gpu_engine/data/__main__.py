@@ -3,6 +3,13 @@
 Each command lives in its own module, which exposes `add_cli(subparsers)`; that
 adds its sub-parser and sets `func(args) -> int`. Unusable input raises
 `InputError`: printed as one line on stderr, exit code 2 (`gpu_engine.cli`).
+
+Outputs are safe by default (`gpu_engine.outputs`): `import`, `synth` and `blocks` refuse an
+existing `--out` unless `--overwrite` is given, and even then replace only what that command
+writes (a book store, a block dataset), never a directory holding stores, a foreign file or
+the command's own input; `record` never replaces anything. Every check runs before any work,
+a failed run leaves nothing behind, and a killed run's temporary (`.NAME.tmp-PID`) is removed
+by the next run once its process is gone.
 """
 from __future__ import annotations
 

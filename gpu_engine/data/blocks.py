@@ -147,7 +147,7 @@ def _as_series(items, reader) -> list[DailySeries]:
     return [x if isinstance(x, DailySeries) else reader(x) for x in items]
 
 
-def _until_end(until) -> int:
+def _until_end(until, flag: str = "--until") -> int:
     """Unix time of the end of the UTC day `until` (exclusive bound)."""
     if isinstance(until, datetime):
         until = until.astimezone(timezone.utc).date() if until.tzinfo else until.date()
@@ -157,7 +157,7 @@ def _until_end(until) -> int:
         try:
             day = parse_day(str(until))
         except ValueError as exc:
-            raise InputError.at("--until", None, None, f"unparsable date: {exc}") from None
+            raise InputError.at(flag, None, None, f"unparsable date: {exc}") from None
     return (day + 1) * 86400
 
 
@@ -175,13 +175,14 @@ def check_fits(n: int, flag: str) -> None:
                             f"more than half the {avail / 2**30:,.1f} GiB of memory available")
 
 
-def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None):
+def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None, until_flag="--until"):
     """Build the dataset in memory: (structured array of BLOCK_DTYPE, meta dict).
 
     n_blocks: rows 0..n_blocks-1. until: 'YYYY-MM-DD' (or a date): every block mapped before the
     end of that UTC day. Neither: every block mapped at or before `now` (default: the current
     time). prices / chain_stats: CSV paths (or DailySeries). seed: synthetic price seed.
-    Unusable input raises InputError.
+    Unusable input raises InputError; `until_flag` is the option named for a bad `until`
+    (synth passes its --start).
     """
     t_start = _time.perf_counter()
     if n_blocks is not None and until is not None:
@@ -200,18 +201,18 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
         n = int(n_blocks)
         length_rule = f"n_blocks={n}"
     elif until is not None:
-        end = _until_end(until)
+        end = _until_end(until, until_flag)
         n = tmap.count_before(end - 1)
         if n <= 0:
-            raise InputError.at("--until", None, None, f"{until} is before the genesis block")
+            raise InputError.at(until_flag, None, None, f"{until} is before the genesis block")
         length_rule = f"until end of UTC day {until} (time < {end})"
     else:
         ref = built_at if now is None else float(now)
         n = tmap.count_before(ref)
         length_rule = f"every block with time <= build time {int(ref)}"
     if n > MAX_BLOCKS:
-        raise InputError.at("--until", None, None, f"more than {MAX_BLOCKS} blocks")
-    check_fits(n, "--blocks" if n_blocks is not None else "--until")
+        raise InputError.at(until_flag, None, None, f"more than {MAX_BLOCKS} blocks")
+    check_fits(n, "--blocks" if n_blocks is not None else until_flag)
 
     heights = np.arange(n, dtype=np.int64)
     times = tmap(heights)

@@ -178,10 +178,15 @@ def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = Non
             if chosen is not None:
                 report.symbol = chosen
             if writer.rows == 0 and writer.trade_rows == 0:
+                why = list(report.notes[:3])
+                n_other = other + report.extra.get("other_symbol", 0)
+                if n_other and symbol is not None:
+                    why.insert(0, f"{n_other:,} items of another symbol than --symbol {symbol}")
+                hint = (f"; --format choices: {', '.join(sorted(FORMATS))}"
+                        if report.messages and report.bad_lines >= report.messages else "")
                 raise InputError.at(paths[0], None, None,
                                     f"nothing usable as {fmt}: no book row or trade could be built"
-                                    + (f" ({'; '.join(report.notes[:3])})" if report.notes else "")
-                                    + f"; --format choices: {', '.join(sorted(FORMATS))}")
+                                    + (f" ({'; '.join(why)})" if why else "") + hint)
             if writer.rows == 0:
                 report.note("no book rows written (see the notes above); the store holds trades only")
             report.extra["import_seconds"] = round(time.perf_counter() - t0, 3)

@@ -73,7 +73,7 @@ def anchor_price(start_ns: int, blocks_path=None) -> tuple[float, dict]:
         origin = DEFAULT_BLOCKS
     else:
         day = dt.datetime.fromtimestamp(unix, dt.timezone.utc).date().isoformat()
-        table, _meta = B.build(until=day)
+        table, _meta = B.build(until=day, until_flag="synth --start")
         origin = "gpu_engine.data.blocks.build(until=start) in memory"
     try:
         row = B.block_at(table, unix)
@@ -111,6 +111,26 @@ def _check_args(hours, seed, sample_ms: int = DEFAULT.sample_ms) -> None:
         raise InputError(f"synth --hours: {hours!r} is shorter than one {sample_ms} ms row")
     if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise InputError(f"synth --seed: {seed!r} must be a non-negative integer")
+
+
+STORE_BYTES_PER_HOUR = 6_000_000  # a 6 h store is about 27 MB (rows and trades, zstd), with margin
+
+
+def _check_disk(path, hours: float) -> None:
+    """Refuse an --hours whose store would not fit on the disk of `path` (before generating)."""
+    import shutil
+
+    need = hours * STORE_BYTES_PER_HOUR
+    anc = Path(path).absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        free = shutil.disk_usage(anc).free
+    except OSError:
+        return
+    if need > free:
+        raise InputError(f"synth --hours: {hours:,.2f} h make a store of about {need / 2**30:,.1f} GiB, more "
+                         f"than the {free / 2**30:,.1f} GiB free under {anc}")
 
 
 def _check_price(price, params: SynthParams) -> None:
@@ -282,6 +302,7 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
         raise InputError(f"synth: chunk_rows must be an integer >= 1, got {chunk_rows!r}")
     check_depth_fits(params.depth, chunk_rows, flag="synth depth")
     claim_output(path, "--out", kind="book-store", overwrite=overwrite, inputs=[("--blocks", blocks)])
+    _check_disk(path, hours)
     anchor = None
     if price is None:
         price, anchor = anchor_price(start_ns, blocks)
