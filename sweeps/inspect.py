@@ -72,8 +72,7 @@ class Stages:
         if self.bar is not None:
             self._stop.set()
             self._thread.join()
-            if self._started:
-                self.bar.update(1)
+            self.bar.n = self.bar.total  # steps that did not apply (e.g. walk-forward) count as done
             self.bar.set_description_str("inspect: done")
             self.bar.close()
             self.bar = None
