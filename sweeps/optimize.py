@@ -191,6 +191,15 @@ def make_storage(url: str | None):
     path = Path(url.removeprefix("journal://"))
     if path.is_dir():
         raise InputError(f"--storage: {path}: is a directory, not a journal file")
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+        except OSError as exc:
+            raise InputError(f"--storage: {path}: cannot read it ({_first_line(exc)})") from None
+        if not head.lstrip().startswith(b'{"op_code"'):  # never append to a user's file
+            raise InputError(f"--storage: {path}: exists and is not an Optuna journal; refusing to append to it, "
+                             "choose another file")
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     try:

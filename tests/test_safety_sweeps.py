@@ -118,7 +118,7 @@ def test_grid_overwrite_replaces_only_a_cube_of_ours_and_cleans_stale_temps(tiny
 # ------------------------------------------------------------------ no traceback for a user's mistake
 
 BAD_STORAGE = ["foo://x", "postgresql://nobody@127.0.0.1:1/db", "sqlite:////nonexistent/dir/x.db",
-               "{tmp}/file/journal.log", "{tmp}"]
+               "{tmp}/file/journal.log", "{tmp}", "{tmp}/file"]
 
 
 @pytest.mark.parametrize("storage", BAD_STORAGE)
@@ -312,7 +312,7 @@ def test_killed_while_storing_a_batch_resumes_to_the_same_cube(tiny, tmp_path, m
 def test_real_sigkill_of_a_subprocess_resumes_to_the_same_cube(tiny, tmp_path):
     def argv(d):
         return ["--space", tiny["space"], "--out", str(d / "c.zarr"),
-                "--storage", str(d / "j.log"), "--study", "s", "--trials", "24", "--batch", "2",
+                "--storage", str(d / "j.log"), "--study", "s", "--trials", "40", "--batch", "2",
                 "--sampler", "tpe", "--min-trades", "1", "--oos-top", "4", *_args(tiny)]
 
     full, killed = tmp_path / "full", tmp_path / "killed"
