@@ -35,7 +35,9 @@ Methods and sources:
    95:221) M_eff = sum_i [1(lambda_i >= 1) + (lambda_i - floor(lambda_i))] jumps by ~1 when an
    eigenvalue crosses an integer, so sampling noise of size 1e-3 can move it by 1; the
    participation ratio (sum lambda)^2 / sum lambda^2 is a smooth Renyi-2 analogue of the
-   entropy rank. A clustering estimate (López de Prado's ONC) is not implemented.
+   entropy rank. Only the entropy rank and the participation ratio are bounded by rank(C);
+   Li & Ji can reach 2 rank(C) and Nyholt ignores the rank (all are clipped to [1, N]).
+   A clustering estimate (López de Prado's ONC) is not implemented.
 
    Large N: C = Z Z^T with Z [N, B] the rows centred and scaled to unit L2 norm, so rank(C)
    <= B - 1 and the non-zero eigenvalues of C are those of the B x B Gram matrix Z^T Z (the
@@ -223,7 +225,9 @@ def n_effective(bucket_pnl: np.ndarray, method: str = "entropy") -> float:
 def expected_max_sharpe(n_trials: float, sr_variance: float) -> float:
     """validation.expected_max_sharpe for a real number of trials (e.g. n_effective).
 
-    Equal to it at integers; 0 for n_trials <= 1 or a non-positive variance.
+    Equal to it at integers; 0 for n_trials <= 1 or a non-positive variance. Between 1 and
+    about 1.3 the asymptotic formula is negative (Phi^-1(1 - 1/K) -> -inf as K -> 1): clamped
+    to 0 (no deflation), which keeps SR0 continuous and non-decreasing in K.
     """
     n = float(n_trials)
     if not n > 1.0 or not sr_variance > 0:
@@ -232,7 +236,7 @@ def expected_max_sharpe(n_trials: float, sr_variance: float) -> float:
         return validation.expected_max_sharpe(int(n), sr_variance)
     g = EULER_GAMMA
     mult = (1 - g) * sps.norm.ppf(1 - 1.0 / n) + g * sps.norm.ppf(1 - 1.0 / (n * math.e))
-    return float(math.sqrt(sr_variance) * mult)
+    return float(max(0.0, math.sqrt(sr_variance) * mult))
 
 
 def deflated_sharpe(sr: float, n_obs: int, skew: float, kurt: float, n_trials: float,

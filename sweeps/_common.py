@@ -101,13 +101,10 @@ class Data:
 
 
 def ensure_blocks(path: Path) -> Path:
-    if not path.exists():
-        from gpu_engine.data import blocks
+    """The default block dataset: built only where nothing stands (blocks.ensure_default)."""
+    from gpu_engine.data import blocks
 
-        arr, meta = blocks.build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blocks.write(path, arr, meta)
-    return path
+    return blocks.ensure_default(path)
 
 
 def load_data(args, space: space_mod.Space, log=print) -> Data:

@@ -188,18 +188,7 @@ def make_storage(url: str | None):
             raise InputError(f"--storage: {shown}: the database driver is not installed ({_first_line(exc)})") from None
         except Exception as exc:  # sqlalchemy: unknown dialect, unreachable server, unopenable file ...
             raise InputError(f"--storage: {shown}: cannot open this storage ({_first_line(exc)})") from None
-    path = Path(url.removeprefix("journal://"))
-    if path.is_dir():
-        raise InputError(f"--storage: {path}: is a directory, not a journal file")
-    if path.is_file() and path.stat().st_size > 0:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(64)
-        except OSError as exc:
-            raise InputError(f"--storage: {path}: cannot read it ({_first_line(exc)})") from None
-        if not head.lstrip().startswith(b'{"op_code"'):  # never append to a user's file
-            raise InputError(f"--storage: {path}: exists and is not an Optuna journal; refusing to append to it, "
-                             "choose another file")
+    path = check_journal_path(url)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     try:
@@ -212,6 +201,24 @@ def make_storage(url: str | None):
                          f"({_first_line(exc)})") from None
     except Exception as exc:
         raise InputError(f"--storage: {path}: not a readable Optuna journal ({_first_line(exc)})") from None
+
+
+def check_journal_path(url: str | None) -> Path:
+    """A journal file `--storage` that can be used, checked without creating anything."""
+    path = Path((url or DEFAULT_STORAGE).removeprefix("journal://"))
+    outputs.check_parent_writable(path, "--storage")
+    if path.is_dir():
+        raise InputError(f"--storage: {path}: is a directory, not a journal file")
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+        except OSError as exc:
+            raise InputError(f"--storage: {path}: cannot read it ({_first_line(exc)})") from None
+        if not head.lstrip().startswith(b'{"op_code"'):  # never append to a user's file
+            raise InputError(f"--storage: {path}: exists and is not an Optuna journal; refusing to append to it, "
+                             "choose another file")
+    return path
 
 
 # ---------------------------------------------------------------- scoring
@@ -552,11 +559,19 @@ def run(args) -> int:
     outputs.claim_output(out, "--out", kind="cube", overwrite=args.overwrite or same, inputs=inputs)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage, storage_desc = make_storage(args.storage)
-    persist = open_study(storage, storage_desc, name, fp, fields) if fp else None
+    # A database is opened (and so checked) before the data is loaded, to fail fast; a journal file
+    # is only checked here and created after the data loaded, so bad data leaves no journal behind.
+    persist = None
+    if _is_rdb(args.storage or DEFAULT_STORAGE):
+        storage, storage_desc = make_storage(args.storage)
+        persist = open_study(storage, storage_desc, name, fp, fields) if fp else None
+    else:
+        check_journal_path(args.storage)
     log = print
     data = _common.load_data(args, space, log=log)
-    if persist is None:  # the default data was generated just now
+    if not _is_rdb(args.storage or DEFAULT_STORAGE):
+        storage, storage_desc = make_storage(args.storage)
+    if persist is None:  # a journal, or the default data was generated just now
         fields = fingerprint_fields(space, data.book_path, cost, args)
         fp = fingerprint(space, data.book_path, cost, args, fields["data_sha256"])
         stamp_attrs["fingerprint"] = fp

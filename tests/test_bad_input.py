@@ -139,7 +139,7 @@ CASES = [
     ("import-hyperliquid-as-coinbase", "data", ["import", "{F}/hyperliquid.jsonl", "--format", "coinbase-jsonl", "--out", "{W}/x.zarr"], "hyperliquid.jsonl"),
     ("import-hyperliquid-as-tardis", "data", ["import", "{F}/hyperliquid.jsonl", "--format", "tardis-csv", "--out", "{W}/x.zarr"], "hyperliquid.jsonl"),
     ("import-hftbacktest-line-as-binance", "data", ["import", "{F}/hl_hftbacktest.txt", *IMPORT[1:]], "hl_hftbacktest.txt"),
-    ("import-lobster-one-file", "data", ["import", "{F}/empty.jsonl", "--format", "lobster", "--out", "{W}/x.zarr"], "lobster"),
+    ("import-lobster-one-file", "data", ["import", "{F}/empty.jsonl", "--format", "lobster", "--out", "{W}/x.zarr"], "LOBSTER"),
     ("import-unknown-format", "data", ["import", "{F}/bybit.jsonl", "--format", "bybit-v5", "--out", "{W}/x.zarr"], "--format"),
     ("import-depth-zero", "data", ["import", "{F}/bybit.jsonl", *IMPORT[1:], "--depth", "0"], "--depth"),
     ("import-depth-huge", "data", ["import", "{F}/bybit.jsonl", *IMPORT[1:], "--depth", "1000000000000"], "--depth"),

@@ -135,7 +135,7 @@ def _check_disk(path, hours: float) -> None:
 
 def _check_price(price, params: SynthParams) -> None:
     if isinstance(price, bool) or not (isinstance(price, (int, float)) and math.isfinite(price) and price > 0):
-        raise InputError(f"synth: anchor price {price!r} must be a positive number")
+        raise InputError(f"synth --price: anchor price {price!r} must be a positive number")
     tpu = params.ticks_per_unit()
     if round(price * tpu) < params.window_ticks:
         raise InputError(f"synth: anchor price {price:.2f} is below {params.window_ticks / tpu:.2f}, the lowest "

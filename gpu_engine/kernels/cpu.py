@@ -12,8 +12,13 @@ the chunk size (tests/test_kernel_chunks.py), they equal the single-call `run_co
 The kernel writes raw sums [C, NRAW] and bucket arrays [C, B] into caller-provided arrays,
 so the caller can batch configurations into slices of preallocated outputs.
 
-No `cache=True`: numba's cache key checks only this file's timestamp, not strategy.py's, so
-an edited rule would silently keep the old compiled kernel.
+Compiled once per machine, not per process: the kernel is cached on disk by
+kernels/cache.py (`DISK_CACHE` is its folder, None when there is none), keyed by the source
+text of this file and of every gpu_engine module it imports (strategy.py, enums.py,
+metrics.py, ...), the numba version and the CPU. Not numba's plain `cache=True`: its key
+checks only this file, so an edited rule in strategy.py would silently load the old kernel.
+kernels.run passes one argument type set only (kernels._cpu_args), so one compile serves
+every call.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from gpu_engine.kernels import cache as _cache
 from gpu_engine.strategy import (
     NSTATE_F,
     NSTATE_I,
@@ -95,3 +101,7 @@ def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
         cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                size_frac, max_qty, cooldown, fee_bps, latency, capital)
         finish_config(c, book, cfg, raw, bpnl, btr, bwin, load_state(fs, ist, c))
+
+
+# On-disk cache keyed by all the sources above (kernels/cache.py); None: compiled in memory.
+DISK_CACHE = _cache.enable(sweep_cpu, "cpu")

@@ -6,12 +6,19 @@ bank row (a broadcast load per tick). On a real GPU the arrays are CuPy arrays (
 through `__cuda_array_interface__`); under the simulator (NUMBA_ENABLE_CUDASIM=1) they are
 numpy arrays. `from numba import cuda` must stay a module-level import (the simulator swaps
 the `cuda` global of the kernel's module).
+
+On a real GPU the compiled kernel is cached on disk by kernels/cache.py like the CPU kernel
+(`DISK_CACHE`: the folder, None when there is none), keyed by the sources of this file and
+the gpu_engine modules it imports, the numba/numba-cuda versions and, through numba-cuda's
+index key, the CUDA runtime version and the device's compute capability. Under the simulator
+there is no compiled kernel to cache.
 """
 from __future__ import annotations
 
 from numba import cuda
 
 from gpu_engine.backend import simulator_enabled
+from gpu_engine.kernels import cache as _cache
 from gpu_engine.strategy import python_twin
 from gpu_engine.strategy import run_config as _compiled_run_config
 
@@ -64,6 +71,7 @@ def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank
 
 sweep_cuda_pyfunc = _sweep_cuda  # the plain function, for cuda.compile_ptx (tests/test_ptx.py)
 sweep_cuda = cuda.jit(_sweep_cuda)
+DISK_CACHE = None if simulator_enabled() else _cache.enable(sweep_cuda, "cuda")
 
 
 def launch(args: tuple, n: int) -> None:
