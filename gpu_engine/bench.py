@@ -24,7 +24,7 @@ peak_rss_mb, plus trades_per_config, features and timings.
 Every flag is checked before any work (one line on stderr, exit 2, naming the flag): counts
 must be integers in range, `--threads` at most numba's maximum on this machine, `--device
 cuda` needs a working GPU, and sizes whose arrays would not fit in the memory available now
-(/proc/meminfo MemAvailable, `estimate_bytes`) are refused before anything is allocated.
+(more than the machine's physical memory, `estimate_bytes`) are refused before anything is allocated.
 The default run (16,384 configurations x 1,000,000 ticks) takes minutes on two cores; the
 stages (book, features, compile, each kernel run, end to end) are reported on stderr as they
 start, unless `--no-progress`.
@@ -252,16 +252,11 @@ def estimate_bytes(configs: int, ticks: int, levels: int, buckets: int) -> int:
     return T * L * 96 + T * 256 + C * 1_536 + C * B * 32 + 300 * 2 ** 20
 
 
-def mem_available() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+def mem_limit() -> int | None:
+    """This machine's physical memory in bytes (gpu_engine/memory.py), or None where unknown."""
+    from gpu_engine.memory import total_memory
+
+    return total_memory()
 
 
 def _gb(n: float) -> str:
@@ -278,7 +273,7 @@ def check_args(a: argparse.Namespace) -> None:
                          f"({most}; NUMBA_NUM_THREADS)")
     sizes = {"configs": a.configs, "ticks": a.ticks, "levels": a.levels, "buckets": a.buckets}
     need = estimate_bytes(**sizes)
-    have = mem_available()
+    have = mem_limit()
     if have is not None and need > have:
         # name the flag whose reduction to its default saves the most
         defaults = {"configs": 16_384, "ticks": 1_000_000, "levels": 20, "buckets": 16}
@@ -289,7 +284,7 @@ def check_args(a: argparse.Namespace) -> None:
         raise InputError(
             f"--{culprit}: {sizes[culprit]:,} is too large for this machine: {a.configs:,} configurations "
             f"x {a.ticks:,} ticks x {a.levels:,} levels x {a.buckets:,} buckets need about {_gb(need)} "
-            f"of memory, {_gb(have)} is available (MemAvailable); nothing was allocated")
+            f"of memory, more than this machine's {_gb(have)}; nothing was allocated")
     from gpu_engine.backend import resolve
 
     try:

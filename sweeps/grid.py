@@ -45,6 +45,7 @@ def build_parser():
     p.add_argument("--out", required=True, help="cube path (.zarr)")
     p.add_argument("--batch", type=int, default=8192, help="configurations per region/launch (default %(default)s)")
     _common.add_overwrite_arg(p)
+    p.add_argument("--no-html", action="store_true", help="do not write the report page <out>.html beside the cube")
     _common.add_data_args(p)
     return p
 
@@ -201,6 +202,10 @@ def run(args) -> int:
     print(f"grid: {total} configurations in {len(regions)} regions ({len(todo)} evaluated in this run, "
           f"{len(done)} resumed) -> {out}  [{wall:.1f} s, device {data.device}]")
     print(f"inspect: python -m sweeps.inspect {out}")
+    if not args.no_html:
+        from sweeps import report_html
+
+        report_html.write_beside(out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """`python -m sweeps.inspect CUBE.zarr`: top configurations, PBO / deflated Sharpe, a verdict, heatmaps.
 
     python -m sweeps.inspect CUBE.zarr [--top 20] [--by METRIC] [--heatmap X Y --metric win_rate --png OUT.png]
-                                       [--no-progress]
+                                       [--no-progress] [--html PAGE.html [--overwrite]]
 
 Rows are ranked by an IN-SAMPLE metric (default: the search objective) and always
 shown with their out-of-sample figures; in an optimize cube only the
@@ -167,18 +167,19 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
 
 
 def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, min_trades=None,
-           progress: bool = False, stages: Stages | None = None) -> str:
-    """The text report (see the module docstring). `progress`: announce the slow steps on stderr."""
+           progress: bool = False, stages: Stages | None = None, stats: dict | None = None) -> str:
+    """The text report (see the module docstring). `progress`: announce the slow steps on stderr.
+    `stats`: `search_stats(ds)` when already computed (e.g. for the --html page)."""
     own = stages is None
     stages = Stages(progress, total=6) if own else stages
     try:
-        return _report(ds, top, by, target, min_trades, stages)
+        return _report(ds, top, by, target, min_trades, stages, stats)
     finally:
         if own:
             stages.close()
 
 
-def _report(ds, top, by, target, min_trades, stage) -> str:
+def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
     attrs = ds.attrs
     if not attrs.get("complete", True):
         raise InputError("cube is incomplete (an interrupted grid run): run the same grid command again to finish it")
@@ -215,7 +216,7 @@ def _report(ds, top, by, target, min_trades, stage) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
 
-    st = search_stats(ds, stage)
+    st = search_stats(ds, stage) if stats is None else stats
     if "pbo" in st:
         p = st["pbo"]
         lines.append(f"PBO (CSCV, {p.n_combinations} splits over {st['pbo_note']}): {p.pbo:.3f}  "
@@ -309,6 +310,9 @@ def build_parser():
     p.add_argument("--agg", default="median", choices=("median", "mean", "max", "min"))
     p.add_argument("--png", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    p.add_argument("--html", default=None, metavar="PAGE.html",
+                   help="also write the report as one self-contained HTML page (sweeps/report_html.py)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --html page written by this engine")
     return p
 
 
@@ -360,6 +364,10 @@ def run(args) -> int:
         raise InputError("--heatmap needs --png OUT.png")
     if args.png and not args.heatmap:
         raise InputError("--png needs --heatmap PARAM_X PARAM_Y")
+    if args.overwrite and not args.html:
+        raise InputError("--overwrite needs --html PAGE.html")
+    if args.html:
+        return _run_html(args, path)
     ds = open_checked(path)
     if not ds.attrs.get("complete", True):
         raise InputError(f"{path}: cube is incomplete (an interrupted grid run): "
@@ -375,6 +383,44 @@ def run(args) -> int:
     finally:
         stages.close()
     print(text)
+    return 0
+
+
+def _run_html(args, path: Path) -> int:
+    """--html: the page (sweeps/report_html.py), then the text report when the cube allows it.
+
+    A cube lacking variables of the current schema (no out-of-sample figures, an older cube) still
+    gets its page, which says what it cannot show; the text report is then replaced by one line
+    naming what is missing."""
+    from sweeps import report_html
+
+    report_html.check_target(args.html, args.overwrite, "--html", cube=path)
+    stages = Stages(not args.no_progress, total=15)
+    try:
+        stages("reading the cube")
+        ds = report_html.open_cube(path)
+        if args.heatmap:
+            out = heatmap(ds, args.heatmap[0], args.heatmap[1], args.metric, args.png, args.agg)
+            print(f"heatmap: {out}")
+        missing = report_html.missing_variables(ds)
+        try:
+            st = search_stats(ds, stages) if "bucket_pnl" in ds.variables else None
+        except Exception:  # an odd bucket_pnl: the page's sections say why
+            st = None
+        page = report_html.build(ds, top=args.top, by=args.by, target=args.target_win_rate,
+                                 min_trades=args.min_trades, stage=stages, stats=st, cube_path=path)
+        report_html.write_text(page, args.html)
+        text = None if missing else report(ds, args.top, args.by, args.target_win_rate, args.min_trades,
+                                           stages=stages, stats=st)
+    finally:
+        stages.close()
+    if text is not None:
+        print(text)
+    else:
+        print(f"{path}: no text report: the cube lacks {', '.join(missing[:6])}"
+              + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+              + " (the page says what it cannot show)", file=sys.stderr)
+    print(f"page: {args.html}")
     return 0
 
 

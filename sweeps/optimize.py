@@ -94,6 +94,7 @@ def build_parser():
     _common.add_overwrite_arg(p)
     p.add_argument("--oos-top", type=int, default=50, help="configurations re-evaluated out of sample (default 50)")
     p.add_argument("--top", type=int, default=10, help="rows in the printed report (default 10)")
+    p.add_argument("--no-html", action="store_true", help="do not write the report page <out>.html beside the cube")
     _common.add_data_args(p)
     return p
 
@@ -678,6 +679,10 @@ def run(args) -> int:
         print(f"optuna ask+tell: {opt:.2f} s of {loop:.2f} s in the search loop ({100 * opt / loop:.1f}%; "
               f"worst batch {100 * max(t['optuna_share'] for t in timings):.1f}%) over {len(timings)} batches")
     print(f"cube: {out}   study: {name} in {_safe_url(storage_desc)}   wall {wall:.1f} s (data {t_data:.1f} s)")
+    if not args.no_html:
+        from sweeps import report_html
+
+        report_html.write_beside(out, top=args.top)
     return 0
 
 

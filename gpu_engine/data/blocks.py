@@ -166,13 +166,13 @@ BUILD_BYTES_PER_BLOCK = 256  # the row (65 B) plus the float64/int64 columns bui
 
 def check_fits(n: int, flag: str) -> None:
     """Refuse (InputError naming `flag`) a block count whose build would not fit in memory."""
-    from gpu_engine.data.books import available_memory
+    from gpu_engine.memory import gib, total_memory
 
     need = int(n) * BUILD_BYTES_PER_BLOCK
-    avail = available_memory()
-    if avail is not None and need > avail // 2:
-        raise InputError.at(flag, None, None, f"{int(n):,} blocks need about {need / 2**30:,.1f} GiB to build, "
-                            f"more than half the {avail / 2**30:,.1f} GiB of memory available")
+    total = total_memory()
+    if total is not None and need > total:
+        raise InputError.at(flag, None, None, f"{int(n):,} blocks need about {gib(need)} to build, "
+                            f"more than this machine's {gib(total)} of memory")
 
 
 def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None, until_flag="--until"):

@@ -128,21 +128,6 @@ def _jsonable(value):
     return value
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this process may still allocate: MemAvailable (Linux), else free pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def writer_bytes(depth: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
     """Memory a `BookStoreWriter` of `depth` levels needs: its row buffer (ts, seq 8 B; four
     [depth] columns, 24 B a level) plus, at a flush, about three more copies of a chunk
@@ -152,14 +137,15 @@ def writer_bytes(depth: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
 
 
 def check_depth_fits(depth: int, chunk_rows: int = DEFAULT_CHUNK_ROWS, flag: str = "--depth") -> None:
-    """Refuse (InputError naming `flag`) a depth whose buffers would not fit in memory, before
-    anything is allocated."""
+    """Refuse (InputError naming `flag`) a depth whose buffers would not fit in this machine's
+    memory (gpu_engine/memory.py), before anything is allocated."""
+    from gpu_engine.memory import gib, total_memory
+
     need = writer_bytes(depth, chunk_rows)
-    avail = available_memory()
-    if avail is not None and need > avail // 2:
+    total = total_memory()
+    if total is not None and need > total:
         raise InputError(f"{flag} {depth}: the store's buffers for {depth:,} levels per side need about "
-                         f"{need / 2**30:,.1f} GiB, more than half the {avail / 2**30:,.1f} GiB of memory "
-                         f"available; use a smaller {flag}")
+                         f"{gib(need)}, more than this machine's {gib(total)} of memory; use a smaller {flag}")
 
 
 class _Buffer:

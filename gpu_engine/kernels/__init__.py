@@ -106,9 +106,31 @@ def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], bu
         from gpu_engine.kernels.cpu import DEFAULT_CHUNK, sweep_cpu
 
         step = int(chunk) if chunk is not None else DEFAULT_CHUNK
-        hbank = np.ascontiguousarray(bank, dtype=np.float32)
+        hbook = tuple(_cpu_input(a, dt) for a, dt in zip(book.as_args(), BOOK_DTYPES))
+        hbank = _cpu_input(bank, np.float32)
         for lo in range(0, C, batch):
             hi = min(C, lo + batch)
-            args = tuple(np.ascontiguousarray(cfg[f][lo:hi]) for f in FIELDS)
-            sweep_cpu(*book.as_args(), hbank, *args, *(o[lo:hi] for o in out), step)
+            args = tuple(_cpu_input(cfg[f][lo:hi], CONFIG_FIELDS[f][0]) for f in FIELDS)
+            sweep_cpu(*hbook, hbank, *args, *(o[lo:hi] for o in out), np.int64(step))
     return out
+
+
+# dtypes of BookArrays.as_args(), in that order (prepare_book)
+BOOK_DTYPES = (np.int64, np.float64, np.float64, np.float32, np.float32,
+               np.float64, np.float64, np.float64, np.float64)
+
+
+def _cpu_input(a, dtype) -> np.ndarray:
+    """An input of the CPU kernel in its one canonical numba type: C-contiguous, aligned,
+    native `dtype`, read-only.
+
+    numba compiles (and caches) one specialisation per argument type set, and an array's
+    type includes its layout, alignment and writeable flag: a memory-mapped block or a
+    caller's read-only array would otherwise cost a second 20-40 s compile. Every input is
+    passed as a read-only view (no copy unless the dtype, layout or alignment is off); the
+    outputs are the caller's own C-contiguous arrays.
+    """
+    a = np.require(a, dtype=dtype, requirements=("C_CONTIGUOUS", "ALIGNED"))
+    view = a.view()
+    view.flags.writeable = False
+    return view

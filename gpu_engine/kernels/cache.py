@@ -113,7 +113,7 @@ def _imported_modules(path: Path) -> set[str]:
     """Names of the modules of this package that `path` imports (anywhere in the file):
     `import gpu_engine.x` and `from gpu_engine.x import f` name gpu_engine.x;
     `from gpu_engine.kernels import cpu` names the submodule gpu_engine.kernels.cpu;
-    `from gpu_engine import sweep` (not a submodule) names the package gpu_engine."""
+    `from gpu_engine import __version__` (not a submodule) names the package gpu_engine."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
     own = _module_name(path)
     package = own if path.name == "__init__.py" else own.rpartition(".")[0]
@@ -157,8 +157,7 @@ def _toolchain(extra: tuple = ()) -> tuple:
     from numba.core import config
 
     settings = tuple((name, repr(getattr(config, name, None))) for name in (
-        "OPT", "BOUNDSCHECK", "FASTMATH", "DEBUGINFO_DEFAULT", "CPU_NAME", "CPU_FEATURES",
-        "DISABLE_JIT", "ENABLE_CUDASIM"))
+        "OPT", "BOUNDSCHECK", "FASTMATH", "DEBUGINFO_DEFAULT", "CPU_NAME", "CPU_FEATURES"))
     return (sys.version, platform.machine(), numpy.__version__, numba.__version__,
             llvmlite.__version__, settings) + tuple(extra)
 
