@@ -674,7 +674,9 @@ def run(args) -> int:
 
     from sweeps import inspect as inspect_mod
 
-    print(inspect_mod.report(results.open_cube(out), top=args.top))
+    cube = results.open_cube(out)
+    st = inspect_mod.search_stats(cube)  # PBO / DSR: shared by the text report and the page
+    print(inspect_mod.report(cube, top=args.top, stats=st))
     if timings:
         print(f"optuna ask+tell: {opt:.2f} s of {loop:.2f} s in the search loop ({100 * opt / loop:.1f}%; "
               f"worst batch {100 * max(t['optuna_share'] for t in timings):.1f}%) over {len(timings)} batches")
@@ -682,7 +684,7 @@ def run(args) -> int:
     if not args.no_html:
         from sweeps import report_html
 
-        report_html.write_beside(out, top=args.top)
+        report_html.write_beside(out, top=args.top, stats=st)
     return 0
 
 

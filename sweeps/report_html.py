@@ -63,6 +63,7 @@ N_CURVES = 5
 CURVE_POINTS = 1500
 ORACLE_TICK_BUDGET = 2_500_000  # ticks the plain-Python oracle may walk in total (~1-2 s per 100k)
 LOGIT_BINS = 40
+SPA_TOP = 1000                # gpu_engine.stats.summary(spa_top=...) when the cube has more rows
 
 
 class Missing(Exception):
@@ -510,8 +511,8 @@ def _pbo(c: _Ctx, stage) -> str:
     fig = go.Figure(go.Bar(x=centres.tolist(), y=counts.tolist(), width=float(edges[1] - edges[0]),
                            marker={"color": colours}, name="splits"))
     fig.add_vline(x=0, line={"color": "black", "dash": "dash"})
-    fig.add_annotation(x=0, y=1, yref="paper", text=f"PBO = {p.pbo:.3f} (share of logits <= 0)",
-                       showarrow=False, xanchor="left", yanchor="bottom")
+    fig.add_annotation(x=1, xref="paper", y=1.02, yref="paper", text=f"PBO = {p.pbo:.3f} (share of logits <= 0)",
+                       showarrow=False, xanchor="right", yanchor="bottom", font={"size": 14})
     fig.update_layout(template="plotly_white", height=380, bargap=0, margin={"t": 60},
                       title={"text": f"CSCV logits over {p.n_combinations} splits"},
                       xaxis={"title": {"text": "logit of the relative OOS rank of the IS best"}},
@@ -549,15 +550,22 @@ def _dsr(c: _Ctx, stage) -> str:
     b = c.ds["bucket_pnl"]
     X = np.asarray(b.values, dtype=np.float64).reshape(-1, b.sizes["bucket"]) / capital
     try:
-        s = gstats.summary(X)
+        try:  # SPA on every row is exact but slow beyond ~1e4 rows: pre-select the best SPA_TOP
+            s = gstats.summary(X, spa_top=SPA_TOP if X.shape[0] > SPA_TOP else None)
+        except TypeError:  # a summary() without spa_top
+            s = gstats.summary(X)
     except Exception as exc:  # noqa: BLE001
         from sweeps import inspect
 
         return out + _note(f"not available: gpu_engine.stats.summary failed ({inspect._first_line(exc)})", "warn")
     rows = [[k, _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)]
             for k, v in s.items()]
-    return out + _note("Per-bucket returns (PnL / capital) of every configuration; N = n_trials, "
-                       "n_effective = independent directions the data resolves.") + _table(["key", "value"], rows, "kv")
+    pre = (" SPA p-values: on the highest-Sharpe configurations only (spa_preselected: the p-value is "
+           "conditional on that pre-selection, so anti-conservative).") if s.get("spa_preselected") else ""
+    return out + _note("gpu_engine.stats.summary of the per-bucket returns (PnL / capital) of every configuration; "
+                       "n_trials = configurations tried, n_effective = independent directions the data "
+                       "resolves; Sharpe and its standard errors per bucket, MinTRL in buckets." + pre
+                       ) + _table(["key", "value"], rows, "kv")
 
 
 # ---------------- importance

@@ -1,14 +1,18 @@
 """The HTML report (`python -m sweeps.inspect CUBE --html PAGE`) in a real browser: headless Chromium.
 
-One Chromium per module (Playwright for Python driving the system's /usr/bin/chromium; Playwright
-never downloads a browser here). Each page is opened from a file:// URL with every non-file request
-aborted and recorded; the tests check that none was attempted, that the page logged no error, that
-every `.chart` div rendered (each plotly chart with traces holding data), and that a screenshot of
-the page and of each chart is not blank. A second test opens the page of a 1e6-configuration cube
-and requires it to load with every chart rendered within LOAD_BUDGET_S.
+One Chromium per module (Playwright for Python driving the system's /usr/bin/chromium, launched with
+executable_path: Playwright never downloads a browser here, and none of this needs a network).
+Pages of the synthetic cubes of tests/test_report_html.py (a grid and an optimize cube) are opened
+from file:// URLs with every non-file request aborted and recorded. Checks: no request to the
+network was attempted; no console error, no uncaught exception; every `.chart` div rendered, each
+plotly graph (`.js-plotly-plot`) with traces holding x/y/z data (read from `gd.data` in the page);
+screenshots of the page and of each chart are not blank (Pillow); every <select> of the page
+(the heatmap's controls) redraws without error, and swapping the heatmap's axes transposes it.
+A second test opens the page of a 1e6-configuration cube, built by the CLI in a memory-capped child
+process, and requires it to load with every chart rendered within LOAD_BUDGET_S.
 
-Skips (with the reason) only when no Chromium can be found or Playwright is not installed;
-`.ci/run` installs Debian's chromium when it is missing.
+Skips, saying why, only when no Chromium can be found or Playwright is not installed; `.ci/run`
+installs Debian's chromium when it is missing. $GPU_ENGINE_SCREENSHOTS=DIR keeps the screenshots.
 """
 from __future__ import annotations
 
@@ -20,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
-
 
 CHROMIUM_ENV = "GPU_ENGINE_CHROMIUM"  # path of a Chromium to use instead of the system's
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "/usr/lib/chromium/chromium",
