@@ -441,7 +441,8 @@ def _heatmap(c: _Ctx, stage) -> str:
                  "parameters are binned by quantiles, so a cell holds the points that fall in it "
                  "(see the 'configurations' metric for how many).")
     controls = ('<div class="controls">' + sel("x", params, px) + sel("y", params, py)
-                + sel("metric", data["metrics"], metric0) + sel("agg", list(HEAT_AGGS), "median") + "</div>")
+                + sel("metric", data["metrics"], metric0) + sel("agg", list(HEAT_AGGS), "median")
+                + '<span id="heat-msg" class="warn" hidden></span></div>')
     return (
         _note(f"Aggregation: each cell is the MEDIAN (or the MAX, with 'agg') of the metric over all "
               f"configurations with those two parameter values, i.e. over every value of the other "
@@ -463,8 +464,9 @@ _HEAT_JS = """<script>
   function val(n){ return document.getElementById('heat-'+n).value; }
   function draw(){
     var x = val('x'), y = val('y'), m = val('metric'), g = val('agg');
-    var div = document.getElementById('heatmap-plot');
-    if (x === y) { div.setAttribute('data-message', 'choose two different parameters'); return; }
+    var div = document.getElementById('heatmap-plot'), msg = document.getElementById('heat-msg');
+    if (x === y) { msg.textContent = 'choose two different parameters'; msg.hidden = false; return; }
+    msg.hidden = true;
     var z, key = x + '|' + y, t = false;
     if (!(key in D.z)) { key = y + '|' + x; t = true; }
     z = D.z[key][m][g];
@@ -474,7 +476,6 @@ _HEAT_JS = """<script>
                         hoverongaps:false, colorbar:{title:{text:m}}}],
                  Object.assign({}, div.layout, {title:{text:what}, xaxis:{title:{text:x}, type:'category'},
                                                 yaxis:{title:{text:y}, type:'category'}}));
-    div.removeAttribute('data-message');
   }
   ids.forEach(function(n){ document.getElementById('heat-'+n).addEventListener('change', draw); });
 })();
