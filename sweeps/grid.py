@@ -197,15 +197,18 @@ def run(args) -> int:
             bar.close()
             os._exit(137)  # simulated kill -9: no clean-up, no final attrs
     bar.close()
+    from sweeps import inspect as inspect_mod
+
+    st = inspect_mod.search_stats(results.open_cube(out))  # PBO, DSR, effective trials, SPA
     wall = time.perf_counter() - t_start
-    results.finish(out, wall_s=wall)
+    results.finish(out, wall_s=wall, search_stats=inspect_mod.stats_attrs(st))
     print(f"grid: {total} configurations in {len(regions)} regions ({len(todo)} evaluated in this run, "
           f"{len(done)} resumed) -> {out}  [{wall:.1f} s, device {data.device}]")
     print(f"inspect: python -m sweeps.inspect {out}")
     if not args.no_html:
         from sweeps import report_html
 
-        report_html.write_beside(out)
+        report_html.write_beside(out, stats=st)
     return 0
 
 

@@ -35,6 +35,7 @@ from gpu_engine.errors import InputError
 from sweeps import _common
 
 MAX_PBO_CONFIGS = 20_000
+MAX_SPA_CONFIGS = 5_000  # SPA bootstrap over more series costs ~1.5 s per 1,000 here
 
 
 class Stages:
@@ -150,6 +151,9 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
     out["dsr"] = validation.deflated_sharpe_of_search(M)
     stage("distinct bucket series")
     U = np.unique(M, axis=1)
+    out["n_distinct"] = int(U.shape[1])
+    stage(f"effective trials, Sharpe errors, MinTRL, SPA over {min(U.shape[1], MAX_SPA_CONFIGS)} series")
+    out["stats"] = trial_stats(U, n_tried)
     note = ""
     if U.shape[1] > MAX_PBO_CONFIGS:
         rng = np.random.default_rng(0)
@@ -164,6 +168,31 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
         stage("walk-forward")
         out["wf"] = validation.walk_forward(M if M.shape[1] <= MAX_PBO_CONFIGS else U, n_folds=4, mode="rolling")
     return out
+
+
+def trial_stats(U: np.ndarray, n_tried: int) -> dict:
+    """gpu_engine.stats over the distinct bucket-return series U [B, n] (PnL / capital).
+
+    Copies of one series are one trial, so the effective number and Hansen's SPA run on the
+    distinct series; beyond MAX_SPA_CONFIGS a seeded random subset of them (never the top
+    ones: pre-selecting the best makes SPA's p-value far too small). `n_trials` stays the
+    number of configurations tried; `dsr_n_trials` is recomputed with it.
+    """
+    from gpu_engine import stats as gstats
+
+    V = U
+    if U.shape[1] > MAX_SPA_CONFIGS:
+        rng = np.random.default_rng(1)
+        V = U[:, rng.choice(U.shape[1], MAX_SPA_CONFIGS, replace=False)]
+    s = gstats.summary(np.ascontiguousarray(V.T), spa_top=None)
+    s["n_distinct"] = int(U.shape[1])
+    s["n_series_used"] = int(V.shape[1])
+    s["n_trials"] = int(n_tried)
+    if s.get("best_sharpe") is not None and s.get("sr_variance") is not None:
+        s["dsr_n_trials"] = float(gstats.deflated_sharpe(
+            s["best_sharpe"], s["n_buckets"], s["best_skew"], s["best_kurtosis"], n_tried, s["sr_variance"]))
+        s["sr0_n_trials"] = float(gstats.expected_max_sharpe(n_tried, s["sr_variance"]))
+    return s
 
 
 def report(ds: xr.Dataset, top: int = 20, by: str | None = None, target=None, min_trades=None,
@@ -228,8 +257,65 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
                      f"({'significant' if d.dsr > 0.95 else 'not significant'} at 95%)")
     if "wf" in st:
         lines.append(f"walk-forward (rolling, 4 folds on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
-    lines.append(verdict(m, has_oos, lo, hi, min_trades))
+    lines += stats_lines(st)
+    lines.append(verdict(m, has_oos, lo, hi, min_trades) + evidence(st))
     return "\n".join(lines)
+
+
+def stats_attrs(st: dict) -> dict:
+    """The search statistics as plain JSON for the cube's attrs (`search_stats`)."""
+    out = {"n_tried": int(st.get("n_tried", 0)), "n_distinct": st.get("n_distinct")}
+    if "pbo" in st:
+        out.update(pbo=float(st["pbo"].pbo), pbo_prob_loss=float(st["pbo"].prob_loss),
+                   pbo_splits=int(st["pbo"].n_combinations), pbo_note=st.get("pbo_note"))
+    if "dsr" in st:
+        d = st["dsr"]
+        out.update(dsr=float(d.dsr), dsr_best_sharpe=float(d.sr), dsr_sr0=float(d.sr0), dsr_n_trials=int(d.n_trials))
+    if "wf" in st:
+        out["walk_forward_oos_sharpe"] = float(st["wf"].oos_sharpe)
+    if st.get("stats"):
+        out["trials"] = dict(st["stats"])
+    return out
+
+
+def _g(v, spec=".3g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def stats_lines(st: dict) -> list[str]:
+    """The text report's lines for gpu_engine.stats (effective trials, Sharpe errors, MinTRL, SPA)."""
+    s = st.get("stats")
+    if not s:
+        return []
+    sub = (f", a random {s['n_series_used']} of them" if s["n_series_used"] < s["n_distinct"] else "")
+    return [
+        f"effective trials: {_g(s['n_effective'])} of {s['n_trials']} tried ({s['n_distinct']} distinct bucket "
+        f"series{sub}; entropy effective rank of their correlations, at most {s['n_effective_cap']} with "
+        f"{s['n_buckets']} buckets) -> DSR {_g(s['dsr_n_effective'])} with it, {_g(s['dsr_n_trials'])} with all "
+        f"{s['n_trials']}",
+        f"best per-bucket Sharpe {_g(s['best_sharpe'])}: standard error {_g(s['sharpe_se_iid'])} (IID normal), "
+        f"{_g(s['sharpe_se_mertens'])} (Mertens: skew, kurtosis), {_g(s['sharpe_se_lo_hac'])} (Lo: autocorrelation, "
+        f"HAC); minimum track record {_g(s['min_trl'])} buckets at 95% (have {s['n_buckets']})",
+        f"Hansen SPA, best vs zero ({s['spa_reps']} stationary-bootstrap draws over {s['spa_n_models']} series): "
+        f"p = {_g(s['spa_pvalue_consistent'])} (consistent; lower {_g(s['spa_pvalue_lower'])}, upper "
+        f"{_g(s['spa_pvalue_upper'])})",
+    ]
+
+
+def evidence(st: dict) -> str:
+    """What the verdict cites: PBO, DSR with N and with the effective N, SPA."""
+    parts = []
+    if "pbo" in st:
+        parts.append(f"PBO {st['pbo'].pbo:.2f}")
+    s = st.get("stats") or {}
+    if s.get("dsr_n_trials") is not None:
+        parts.append(f"DSR {_g(s['dsr_n_trials'])} (N={s['n_trials']}) / {_g(s['dsr_n_effective'])} "
+                     f"(N_eff={_g(s['n_effective'])})")
+    elif "dsr" in st:
+        parts.append(f"DSR {st['dsr'].dsr:.3f}")
+    if s.get("spa_pvalue_consistent") is not None:
+        parts.append(f"SPA p={_g(s['spa_pvalue_consistent'])}")
+    return f" [in-sample search: {', '.join(parts)}]" if parts else ""
 
 
 def verdict(m: dict, has_oos: np.ndarray, lo: float, hi: float, min_trades: int) -> str:

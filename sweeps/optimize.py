@@ -669,13 +669,14 @@ def run(args) -> int:
         data_prep_s=t_data, batches=timings,
         optuna_share=(opt / loop) if loop else None,
         optuna_share_max=max((t["optuna_share"] for t in timings), default=None))
+    from sweeps import inspect as inspect_mod
+
+    st = inspect_mod.search_stats(ds)  # PBO, DSR, effective trials, SPA: in the cube, the report and the page
+    ds.attrs["search_stats"] = inspect_mod.stats_attrs(st)
     results.write_cube(ds, out)
     _remove_parts(parts)  # only now: the cube holds every row
 
-    from sweeps import inspect as inspect_mod
-
     cube = results.open_cube(out)
-    st = inspect_mod.search_stats(cube)  # PBO / DSR: shared by the text report and the page
     print(inspect_mod.report(cube, top=args.top, stats=st))
     if timings:
         print(f"optuna ask+tell: {opt:.2f} s of {loop:.2f} s in the search loop ({100 * opt / loop:.1f}%; "

@@ -20,9 +20,9 @@ schema, data that moved or changed):
    more than MAX_BINS values (and every continuous parameter of an optimize cube, whose points
    are scattered) are binned by quantiles;
 4. the CSCV logits of PBO as a histogram binned in Python (`data-chart="pbo"`);
-5. deflated Sharpe (gpu_engine.validation via `sweeps.inspect.search_stats`) and, when
-   `gpu_engine.stats` is importable, its `summary` (effective number of trials, DSR with both
-   counts, Sharpe SEs, MinTRL, SPA p-values) as a table;
+5. deflated Sharpe (gpu_engine.validation via `sweeps.inspect.search_stats`) and the
+   statistics `search_stats` takes from gpu_engine.stats (effective number of trials, DSR with
+   both counts, Sharpe standard errors, MinTRL, SPA p-values) as a table;
 6. parameter importance (`data-chart="importance"`): Optuna's fANOVA evaluator when
    scikit-learn is installed, else Optuna's PED-ANOVA evaluator (no scikit-learn needed; the
    page names the one used), on frozen trials built from a random subsample of at most
@@ -63,7 +63,6 @@ N_CURVES = 5
 CURVE_POINTS = 1500
 ORACLE_TICK_BUDGET = 2_500_000  # ticks the plain-Python oracle may walk in total (~1-2 s per 100k)
 LOGIT_BINS = 40
-SPA_TOP = 1000                # gpu_engine.stats.summary(spa_top=...) when the cube has more rows
 
 
 class Missing(Exception):
@@ -287,6 +286,10 @@ def _verdict(c: _Ctx) -> str:
     if miss:
         raise Missing(f"no verdict: the cube has no out-of-sample figures ({', '.join(miss)} missing)")
     text = inspect.verdict(c.m, c.has_oos, c.lo, c.hi, c.min_trades)
+    try:  # the same evidence the text report's verdict cites (computed once, cached in c.stats)
+        text += inspect.evidence(_search_stats(c, lambda what: None))
+    except Exception:  # noqa: BLE001  (a cube without bucket_pnl: the verdict stands alone)
+        pass
     cls = "yes" if text.startswith("VERDICT: YES") else "no"
     return (f'<p class="verdict {cls}" id="verdict">{_e(text)}</p>'
             + _note(f"Target: win rate in [{c.lo:g}, {c.hi:g}] out of sample, Wilson 95% lower bound > 0.5, "
@@ -541,32 +544,20 @@ def _dsr(c: _Ctx, stage) -> str:
         out += _note(f"Deflated Sharpe: needs at least 2 usable configurations ({st.get('n_tried', 0)}).", "warn")
     if "wf" in st:
         out += _note(f"Walk-forward (rolling, 4 folds on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
-    out += "<h3>Effective number of trials (gpu_engine.stats)</h3>"
-    try:
-        from gpu_engine import stats as gstats
-    except ImportError as exc:
-        return out + _note(f"not available: gpu_engine.stats cannot be imported ({exc})", "warn")
-    stage("gpu_engine.stats.summary")
-    capital = float(c.attrs.get("costs", {}).get("capital", 1.0))
-    b = c.ds["bucket_pnl"]
-    X = np.asarray(b.values, dtype=np.float64).reshape(-1, b.sizes["bucket"]) / capital
-    try:
-        try:  # SPA on every row is exact but slow beyond ~1e4 rows: pre-select the best SPA_TOP
-            s = gstats.summary(X, spa_top=SPA_TOP if X.shape[0] > SPA_TOP else None)
-        except TypeError:  # a summary() without spa_top
-            s = gstats.summary(X)
-    except Exception as exc:  # noqa: BLE001
-        from sweeps import inspect
+    out += "<h3>Effective number of trials, Sharpe errors, MinTRL, SPA (gpu_engine.stats)</h3>"
+    s = st.get("stats")
+    if not s:
+        return out + _note("not available: too few usable configurations for these statistics.", "warn") + "\n\n"
+    from sweeps import inspect
 
-        return out + _note(f"not available: gpu_engine.stats.summary failed ({inspect._first_line(exc)})", "warn")
     rows = [[k, _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)]
             for k, v in s.items()]
-    pre = (" SPA p-values: on the highest-Sharpe configurations only (spa_preselected: the p-value is "
-           "conditional on that pre-selection, so anti-conservative).") if s.get("spa_preselected") else ""
-    return out + _note("gpu_engine.stats.summary of the per-bucket returns (PnL / capital) of every configuration; "
-                       "n_trials = configurations tried, n_effective = independent directions the data "
-                       "resolves; Sharpe and its standard errors per bucket, MinTRL in buckets." + pre
-                       ) + _table(["key", "value"], rows, "kv")
+    return out + "".join(_note(line) for line in inspect.stats_lines(st)) + _note(
+        "Computed over the distinct per-bucket return series (PnL / capital): copies of one series are one "
+        "trial. n_trials = configurations tried; n_effective = entropy effective rank of the correlations of "
+        "the series (never more than buckets - 1); SPA over every distinct series, or a seeded random subset "
+        "of them (never the best ones only: that pre-selection makes the p-value far too small).") + _table(
+        ["key", "value"], rows, "kv") + "\n\n"
 
 
 # ---------------- importance

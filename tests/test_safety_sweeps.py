@@ -112,7 +112,7 @@ def test_grid_overwrite_replaces_only_a_cube_of_ours_and_cleans_stale_temps(tiny
     assert grid.main(["--space", tiny["space"], "--out", str(out), "--overwrite",
                       *_args(tiny, "--fee-bps", "5")]) == 0
     assert xr.open_zarr(out).attrs["costs"]["fee_bps"] == 5.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.html", "g.zarr"]  # + its report page
 
 
 # ------------------------------------------------------------------ no traceback for a user's mistake
@@ -157,7 +157,7 @@ def test_bad_numbers_exit_2(tiny, tmp_path, capsys, cmd, extra, word):
 def test_optimize_rerun_overwrite_and_no_leftovers(tiny, tmp_path, capsys):
     journal, out = tmp_path / "j.log", tmp_path / "c.zarr"
     assert optimize.main(_opt(tiny, out, journal, "--study", "a")) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "j.log"]  # no <cube>.parts left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.html", "c.zarr", "j.log"]  # no <cube>.parts left
     first = xr.open_zarr(out).load()
     # the same command again (the README's main job run twice): same cube, from the cube itself
     assert optimize.main(_opt(tiny, out, journal, "--study", "a")) == 0
@@ -175,7 +175,7 @@ def test_optimize_rerun_overwrite_and_no_leftovers(tiny, tmp_path, capsys):
     assert _tree(tmp_path) == before
     assert optimize.main(_opt(tiny, out, journal, "--study", "b", "--overwrite")) == 0
     assert xr.open_zarr(out).attrs["study"] == "b"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "j.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.html", "c.zarr", "j.log"]
     # cube gone and no parts: the stored trials are re-evaluated, to the same numbers
     outputs.remove_path(out)
     capsys.readouterr()
@@ -272,7 +272,7 @@ def test_killed_in_the_middle_resumes_to_the_same_cube_and_study(tiny, tmp_path,
     assert (killed / "c.zarr.parts" / "batch-000012.npz").exists()
     assert optimize.main(argv(killed)) == 0
     _assert_same_run(full / "c.zarr", killed / "c.zarr", full / "j.log", killed / "j.log", "s")
-    assert sorted(p.name for p in killed.iterdir()) == ["c.zarr", "j.log"]
+    assert sorted(p.name for p in killed.iterdir()) == ["c.html", "c.zarr", "j.log"]
 
 
 def test_killed_while_storing_a_batch_resumes_to_the_same_cube(tiny, tmp_path, monkeypatch):
@@ -331,4 +331,4 @@ def test_real_sigkill_of_a_subprocess_resumes_to_the_same_cube(tiny, tmp_path):
     assert optimize.main(argv(killed)) == 0
     assert optimize.main(argv(full)) == 0
     _assert_same_run(full / "c.zarr", killed / "c.zarr", full / "j.log", killed / "j.log", "s")
-    assert sorted(p.name for p in killed.iterdir()) == ["c.zarr", "j.log"]
+    assert sorted(p.name for p in killed.iterdir()) == ["c.html", "c.zarr", "j.log"]

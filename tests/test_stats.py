@@ -283,3 +283,38 @@ def test_summary_without_usable_rows():
     s = S.summary(np.full((5, 16), np.nan))
     json.dumps(s, allow_nan=False)
     assert s["n_trials"] == 5 and s["n_usable"] == 0 and s["n_effective"] is None and s["best_index"] is None
+
+
+# ------------------------------------------------------------------ wired into sweeps.inspect
+
+def test_inspect_trial_stats_counts_copies_once_and_keeps_the_number_tried():
+    from sweeps import inspect
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 1, (64, 6))  # 6 independent series over 64 buckets
+    U = np.unique(np.repeat(base, 50, axis=1), axis=1)  # 300 configurations, 6 distinct series
+    s = inspect.trial_stats(U, n_tried=300)
+    assert s["n_trials"] == 300 and s["n_distinct"] == 6 and s["n_series_used"] == 6
+    assert 4.0 < s["n_effective"] <= 6.0
+    assert s["dsr_n_effective"] >= s["dsr_n_trials"]  # fewer effective trials: a milder deflation
+    assert s["spa_n_models"] == 6 and 0.0 <= s["spa_pvalue_consistent"] <= 1.0
+    st = {"stats": s}
+    lines = inspect.stats_lines(st)
+    assert len(lines) == 3 and "of 300 tried (6 distinct" in lines[0] and "Hansen SPA" in lines[2]
+    assert "SPA p=" in inspect.evidence(st) and "N=300" in inspect.evidence(st)
+    json.dumps(inspect.stats_attrs(st), allow_nan=False)
+
+
+def test_inspect_trial_stats_subsamples_at_random_never_the_top():
+    from sweeps import inspect
+
+    rng = np.random.default_rng(6)
+    U = rng.normal(0, 1, (16, 40))
+    U[:, 0] += 3.0  # an outstanding series
+    old = inspect.MAX_SPA_CONFIGS
+    inspect.MAX_SPA_CONFIGS = 10
+    try:
+        s = inspect.trial_stats(U, n_tried=40)
+    finally:
+        inspect.MAX_SPA_CONFIGS = old
+    assert s["n_series_used"] == 10 and s["n_distinct"] == 40 and s["spa_preselected"] is False
