@@ -170,6 +170,15 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
     return out
 
 
+def rank(m: dict, by: str) -> np.ndarray:
+    """Row order of the report: configurations that trade before those that never do (a
+    configuration without trades has Sharpe 0 and would otherwise top every losing search),
+    then by the in-sample metric `by`, descending (NaN last), ties in cube order."""
+    key = np.nan_to_num(np.asarray(m[by], dtype=np.float64), nan=-np.inf)
+    trades = np.nan_to_num(np.asarray(m.get("trades", np.ones_like(key)), dtype=np.float64), nan=0.0)
+    return np.lexsort((-key, ~(trades > 0)))
+
+
 def trial_stats(U: np.ndarray, n_tried: int) -> dict:
     """gpu_engine.stats over the distinct bucket-return series U [B, n] (PnL / capital).
 
@@ -220,8 +229,7 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
     if by not in m:
         raise InputError(f"--by: unknown metric {by!r} (known: {', '.join(k for k in m if not k.startswith('oos_'))})")
     has_oos = m.get("oos_evaluated", np.isfinite(m.get("oos_trades", np.full(n, np.nan)))).astype(bool)
-    key = np.nan_to_num(m[by], nan=-np.inf)
-    order = [i for i in np.argsort(-key, kind="stable") if has_oos[i]][:top]
+    order = [i for i in rank(m, by) if has_oos[i]][:top]
     costs = attrs.get("costs", {})
     lines = [
         f"cube: kind={attrs.get('kind')} space={attrs.get('space_name')} configurations={n} "

@@ -41,7 +41,7 @@ synthetic books are generated when absent), then prints the report of
   (a re-run or an extension); anything else existing there is refused (exit 2)
   unless `--overwrite`, which replaces only a result cube of this engine;
   `--out` may never be, contain or lie inside `--data`, `--blocks`, `--space`.
-- Afterwards the best `--oos-top` configurations (per-config feasible first,
+- Afterwards the best `--oos-top` configurations (per-config feasible first, then those that trade at all,
   then by in-sample objective) are re-evaluated out of sample, the cube is
   written (temporary sibling + rename) and the report printed.
 - Optuna's own time (ask with the suggestions, and tell) is measured per batch.
@@ -742,12 +742,14 @@ def assemble(study, parts_list: list[dict], space, args) -> xr.Dataset:
 
 
 def reevaluate_oos(ds: xr.Dataset, space, data, cost, args) -> xr.Dataset:
-    """Re-run the best `--oos-top` configurations (feasible in sample first) out of sample."""
+    """Re-run the best `--oos-top` configurations out of sample: feasible in sample first, then
+    those that trade at all, then by the in-sample objective."""
     lo, hi = args.target_win_rate
     m = np.stack([ds[name].values.reshape(-1) for name in METRICS], axis=1)
     obj = objective_values(m, args.objective, cost["capital"])
     feas = feasible(m, lo, hi, args.min_trades)
-    order = np.lexsort((-obj, ~feas))[: args.oos_top]
+    trades = np.nan_to_num(m[:, METRIC_INDEX["trades"]], nan=0.0)
+    order = np.lexsort((-obj, ~(trades > 0), ~feas))[: args.oos_top]  # a row that never trades tells nothing OOS
     shape = ds["trades"].shape
     points = {}
     for p in space.params:

@@ -257,13 +257,14 @@ class _Ctx:
         self.order = self._ranking()
 
     def _ranking(self) -> list[int]:
-        """The text report's ranking: by the in-sample metric, rows with out-of-sample figures
-        only (every row when the cube has no out-of-sample variables)."""
+        """The text report's ranking (`inspect.rank`: trading rows first, then by the in-sample
+        metric), rows with out-of-sample figures only (every row when the cube has no out-of-sample variables)."""
         if self.by not in self.m:
             raise InputError(f"--by: unknown metric {self.by!r} "
                              f"(known: {', '.join(k for k in self.m if not k.startswith('oos_'))})")
-        key = np.nan_to_num(self.m[self.by], nan=-np.inf)
-        idx = np.argsort(-key, kind="stable")
+        from sweeps import inspect
+
+        idx = inspect.rank(self.m, self.by)
         if self.has_oos_vars:
             idx = idx[self.has_oos[idx]]
         return [int(i) for i in idx[: self.top]]

@@ -276,3 +276,8 @@ def test_constraints_and_feasibility():
     assert (c[0] <= 0).all() and c[1][2] > 0 and (c[2] > 0).any()
     np.testing.assert_array_equal(optimize.feasible(m, 0.55, 0.60, 30), [True, False, False])
 
+
+
+def test_report_ranks_configurations_that_trade_before_those_that_never_do():
+    m = {"sharpe": np.array([0.0, -0.2, np.nan, -0.1, 0.3]), "trades": np.array([0, 12, 0, 5, 3])}
+    assert inspect.rank(m, "sharpe").tolist() == [4, 3, 1, 0, 2]
