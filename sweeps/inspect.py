@@ -413,8 +413,12 @@ def build_parser():
 REQUIRED = tuple(METRICS) + tuple(f"oos_{m}" for m in METRICS) + ("bucket_pnl",)
 
 
-def open_checked(path: str | Path) -> xr.Dataset:
-    """Open the cube at `path` lazily; anything that is not a result cube of ours -> InputError."""
+def open_checked(path: str | Path, require: bool = True) -> xr.Dataset:
+    """Open the cube at `path` lazily; anything that is not a complete result cube of ours -> InputError.
+
+    `require`: a cube lacking a variable of the current schema (REQUIRED) is refused too
+    (the text report needs them all; the HTML page passes False and says what it cannot show).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such cube")
@@ -425,9 +429,12 @@ def open_checked(path: str | Path) -> xr.Dataset:
         ds = xr.open_zarr(path)
     except Exception as exc:
         raise InputError(f"{path}: not a readable cube ({_first_line(exc)})") from None
-    missing = [v for v in REQUIRED if v not in ds.variables]
+    missing = [v for v in REQUIRED if v not in ds.variables] if require else []
     if missing:
         raise InputError(f"{path}: corrupt cube: variable {missing[0]!r} is missing")
+    if not ds.attrs.get("complete", True):
+        raise InputError(f"{path}: cube is incomplete (an interrupted grid run): "
+                         "run the same grid command again to finish it")
     return ds
 
 
@@ -463,9 +470,6 @@ def run(args) -> int:
     if args.html:
         return _run_html(args, path)
     ds = open_checked(path)
-    if not ds.attrs.get("complete", True):
-        raise InputError(f"{path}: cube is incomplete (an interrupted grid run): "
-                         "run the same grid command again to finish it")
     stages = Stages(not args.no_progress, total=7)
     try:
         stages("reading the cube")

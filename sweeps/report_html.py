@@ -77,18 +77,7 @@ def open_cube(path: str | Path) -> xr.Dataset:
     from sweeps import inspect
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such cube")
-    if not outputs.is_ours(path, "cube"):
-        what = "a book store" if outputs.is_ours(path, "book-store") else "not a result cube of this engine"
-        raise InputError(f"{path}: {what} (a cube is the --out of sweeps.optimize or sweeps.grid)")
-    try:
-        ds = xr.open_zarr(path)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable cube ({inspect._first_line(exc)})") from None
-    if not ds.attrs.get("complete", True):
-        raise InputError(f"{path}: cube is incomplete (an interrupted grid run): "
-                         "run the same grid command again to finish it")
+    ds = inspect.open_checked(path, require=False)
     return inspect.load_checked(ds, path)
 
 
