@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gpu_engine.data import blocks as B  # noqa: E402
+from gpu_engine.data.blocks import dataset as B  # noqa: E402
 
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "real"
 

@@ -40,7 +40,7 @@ def child(paths: list[str], depth: int) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     sys.path.insert(0, str(REPO))
     t0 = time.perf_counter()
-    from gpu_engine.data.importers import import_files
+    from gpu_engine.data.books.importers import import_files
     import zarr  # noqa: F401  (the store writer imports it lazily: a one-off ~0.15 s)
 
     t_import = time.perf_counter() - t0
@@ -70,7 +70,7 @@ def chained_copy(src: Path, copies: int, dst: Path) -> None:
     """`copies` copies of a capture, each shifted in ids and time after the previous one
     (one gap + resync per seam, as a recorder restart would leave)."""
     sys.path.insert(0, str(REPO))
-    from gpu_engine.data.feeds.jsonl import stamp_to_ns
+    from gpu_engine.data.books.feeds.jsonl import stamp_to_ns
 
     lines = gzip.open(src, "rb").read().splitlines()
     objs = [(stamp_to_ns(int(ln.split(b" ", 1)[0])), json.loads(ln.split(b" ", 1)[1])) for ln in lines]

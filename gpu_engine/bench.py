@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 
 from gpu_engine.cli import Parser, run_main
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 from gpu_engine.enums import CONFIG_FIELDS
 from gpu_engine.errors import InputError
 

@@ -91,7 +91,7 @@ def approx_height(unix_s: np.ndarray) -> np.ndarray:
 def _load_blocks(blocks: Any) -> np.ndarray:
     if isinstance(blocks, (str, os.PathLike)):
         try:
-            from gpu_engine.data.blocks import load  # the block dataset's own loader
+            from gpu_engine.data.blocks.dataset import load  # the block dataset's own loader
         except ImportError:  # pragma: no cover - until data/blocks.py exists
             return np.load(blocks, mmap_mode="r")
         return load(blocks)

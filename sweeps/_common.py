@@ -102,7 +102,7 @@ class Data:
 
 def ensure_blocks(path: Path) -> Path:
     """The default block dataset: built only where nothing stands (blocks.ensure_default)."""
-    from gpu_engine.data import blocks
+    from gpu_engine.data.blocks import dataset as blocks
 
     return blocks.ensure_default(path)
 
@@ -110,7 +110,7 @@ def ensure_blocks(path: Path) -> Path:
 def load_data(args, space: space_mod.Space, log=print) -> Data:
     """Generate the defaults when absent, load the book, build the bank, split in time."""
     from gpu_engine.backend import resolve
-    from gpu_engine.data import books
+    from gpu_engine.data.books import store as books
     from gpu_engine.features import build_bank
 
     spec = space_mod.feature_spec(space)  # unknown signal names fail here, before any data work
@@ -119,7 +119,7 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
         log(f"building the block dataset {blocks_path} ...")
         ensure_blocks(blocks_path)
     if args.data is None and not book_path.exists():
-        from gpu_engine.data import synth
+        from gpu_engine.data.synth import generate as synth
 
         log(f"generating the synthetic book store {book_path} ...")
         synth.ensure_default(book_path, blocks=blocks_path)

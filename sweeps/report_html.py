@@ -647,7 +647,7 @@ def _equity(c: _Ctx, stage) -> str:
 
     from gpu_engine import oracle, validation
     from gpu_engine import space as space_mod
-    from gpu_engine.data import books
+    from gpu_engine.data.books import store as books
     from gpu_engine.features import build_bank
     from sweeps import _common
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data import blocks as blocks_mod
-from gpu_engine.data.books import Book, Trades, write_store
+from gpu_engine.data.blocks import dataset as blocks_mod
+from gpu_engine.data.books.store import Book, Trades, write_store
 
 START_NS = 1_723_075_200 * 1_000_000_000  # 2024-08-08T00:00Z
 

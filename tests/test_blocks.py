@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data import blocks as B
+from gpu_engine.data.blocks import dataset as B
 from gpu_engine.data.__main__ import main as cli_main
-from gpu_engine.data.blocks_sources import read_chain_stats, read_prices
-from gpu_engine.data.blocks_timemap import EXACT_ANCHORS
+from gpu_engine.data.blocks.sources import read_chain_stats, read_prices
+from gpu_engine.data.blocks.timemap import EXACT_ANCHORS
 from gpu_engine.errors import InputError
 
 HALVING_TIMES = {210_000: 1354116278, 420_000: 1468082773, 630_000: 1589225023, 840_000: 1713571767}

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data import importers
+from gpu_engine.data.books import importers
 from gpu_engine.data.__main__ import main as cli_main
-from gpu_engine.data.books import Book, BookStoreWriter, Trades, load, open_attrs, write_store
+from gpu_engine.data.books.store import Book, BookStoreWriter, Trades, load, open_attrs, write_store
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_incremental_store_survives_kill_9(tmp_path):
     out = tmp_path / "live.zarr"
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from gpu_engine.data.books import BookStoreWriter
+        from gpu_engine.data.books.store import BookStoreWriter
         w = BookStoreWriter({str(out)!r}, 2, {{"exchange": "live"}}, chunk_rows=8, incremental=True)
         for i in range(20):          # 2 full chunks flushed automatically, 4 rows buffered
             w.append([i], [i], [[100.0, 99.0]], [[101.0, 102.0]], [[1, 2]], [[3, 4]])
@@ -237,9 +237,9 @@ def test_cli_summary_and_lazy_registry(tmp_path, fake_format, capsys):
     assert {"binance-jsonl", "coinbase-jsonl", "okx-jsonl", "lobster", "tardis-csv"} <= set(importers.FORMATS)
     for name in ("coinbase-jsonl", "okx-jsonl", "lobster", "tardis-csv"):  # lazy: "module:function" until used
         entry = importers.FORMATS[name]
-        assert callable(entry) or entry == f"gpu_engine.data.feeds.{name.split('-')[0]}:read"
+        assert callable(entry) or entry == f"gpu_engine.data.books.feeds.{name.split('-')[0]}:read"
     reader = importers.get_reader("binance-jsonl")
-    from gpu_engine.data.feeds.binance import read
+    from gpu_engine.data.books.feeds.binance import read
     assert reader is read and importers.FORMATS["binance-jsonl"] is read
     with pytest.raises(ValueError, match="unknown format"):
         importers.get_reader("nope")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from gpu_engine.data.books import Book, Trades
+from gpu_engine.data.books.store import Book, Trades
 from gpu_engine.features import DEFAULT_SPEC, FEATURES, build_bank
 from gpu_engine.market import (HALVING_INTERVAL, Market, approx_height, power_law_fair)
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import binance
-from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import (iter_capture, iter_lines, seconds_to_ns, split_cryptofeed_line,
+from gpu_engine.data.books.feeds import binance
+from gpu_engine.data.books.feeds.book import LevelError, PriceLevelBook, parse_levels
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import (iter_capture, iter_lines, seconds_to_ns, split_cryptofeed_line,
                                          split_stamped_line, stamp_to_ns)
 
 # ----------------------------------------------------------------------------- PriceLevelBook

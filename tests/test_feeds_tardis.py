@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import tardis
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds import tardis
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 
 INC_HEAD = "exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount"
 TRADES_HEAD = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
@@ -230,7 +230,7 @@ def test_truncated_gzip_is_counted(tmp_path):
 
 
 def test_cli_end_to_end(tmp_path, capsys):
-    from gpu_engine.data import books as store
+    from gpu_engine.data.books import store
     from gpu_engine.data.__main__ import main as cli
 
     rows = [inc(T0, True, "bid", 100, 2), inc(T0, True, "ask", 101, 4)]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_engine
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "rules_v1.json"
 

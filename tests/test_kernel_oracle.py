@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import gpu_engine
 from gpu_engine import oracle
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 from gpu_engine.enums import CONFIG_FIELDS, METRICS
 
 REL = 1e-9

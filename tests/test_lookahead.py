@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpu_engine import oracle
-from gpu_engine.data.books import Book, Trades
+from gpu_engine.data.books.store import Book, Trades
 from gpu_engine.features import build_bank
 
 BLOCK_DTYPE = np.dtype([("height", np.int32), ("time", np.int64), ("subsidy_sat", np.int64),

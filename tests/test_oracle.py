@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpu_engine import oracle
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 from gpu_engine.enums import METRICS
 
 REPO = Path(__file__).resolve().parents[1]

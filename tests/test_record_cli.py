@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data.books import load
+from gpu_engine.data.books.store import load
 from gpu_engine.errors import InputError
-from gpu_engine.data.importers import import_files
-from gpu_engine.data.record import Backoff, RecordConfig, Recorder, parse_duration
+from gpu_engine.data.books.importers import import_files
+from gpu_engine.data.books.record import Backoff, RecordConfig, Recorder, parse_duration
 from gpu_engine.testing.fake_exchange import FakeExchange, write_synthetic_capture
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data import blocks as B
-from gpu_engine.data import importers, synth
+from gpu_engine.data.blocks import dataset as B
+from gpu_engine.data.books import importers
+from gpu_engine.data.synth import generate as synth
 from gpu_engine.data.__main__ import main as data_main
-from gpu_engine.data.books import Book, load, write_store
-from gpu_engine.data.feeds.events import ImportReport
+from gpu_engine.data.books.store import Book, load, write_store
+from gpu_engine.data.books.feeds.events import ImportReport
 from gpu_engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,7 +396,7 @@ def test_foreign_exchange_files_say_what_they_look_like(tmp_path, capsys, name, 
 
 def test_readers_themselves_name_a_foreign_message(tmp_path):
     """Fed straight to a reader (the library path, no pre-check), the notes say what the line is."""
-    from gpu_engine.data.feeds import binance, coinbase, okx
+    from gpu_engine.data.books.feeds import binance, coinbase, okx
 
     forms = _write_forms(tmp_path, "bybit", BYBIT)
     for module, form, fmt in ((binance, "hftbacktest", "binance-jsonl"), (coinbase, "cryptofeed", "coinbase-jsonl"),

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import gpu_engine
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 from gpu_engine.enums import CONFIG_FIELDS, METRICS
 
 

@@ -10,8 +10,8 @@ import xarray as xr
 
 import gpu_engine
 from gpu_engine import space as space_mod
-from gpu_engine.data import blocks as blocks_mod
-from gpu_engine.data.books import Book, Trades, write_store
+from gpu_engine.data.blocks import dataset as blocks_mod
+from gpu_engine.data.books.store import Book, Trades, write_store
 from gpu_engine.enums import METRICS
 from sweeps import _common, grid, inspect, optimize
 

@@ -1,4 +1,4 @@
-"""Synthetic order flow (gpu_engine.data.synth): stylised facts, book invariants, determinism,
+"""Synthetic order flow (gpu_engine.data.synth.generate): stylised facts, book invariants, determinism,
 the store it writes, the price anchor, ensure_default and the CLI.
 
 Tolerances come from the real Binance BTCUSDT captures (docs/SYNTH.md, measured again by
@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpu_engine.data import books, synth
+from gpu_engine.data.books import store as books
+
+from gpu_engine.data.synth import generate as synth
 from gpu_engine.data.__main__ import main as data_main
 from gpu_engine.errors import InputError
-from gpu_engine.data.synth_params import SynthParams
-from gpu_engine.data.synth_stats import ABS_LAGS, SIGN_LAGS, book_facts
+from gpu_engine.data.synth.params import SynthParams
+from gpu_engine.data.synth.stats import ABS_LAGS, SIGN_LAGS, book_facts
 
 PRICE = 61_800.0
 START = "2024-08-08T00:00"
@@ -176,7 +178,7 @@ def test_store_attrs(tmp_path):
     assert attrs["depth"] == 20 and attrs["tick_size"] == 0.01 and attrs["lot_size"] == 1e-5
     assert attrs["gaps"] == [] and attrs["complete"] is True
     src = attrs["source"][0]
-    assert src["seed"] == 3 and src["generator"].startswith("gpu_engine.data.synth")
+    assert src["seed"] == 3 and src["generator"].startswith("gpu_engine.data.synth.generate")
     assert src["parameters"] == SynthParams().to_dict()
     assert not list(tmp_path.glob("*.tmp-*"))
 
@@ -200,7 +202,7 @@ def test_in_memory_equals_store(tmp_path):
 
 # ---------------------------------------------------------------- anchor, ensure_default, CLI
 def test_anchor_from_block_dataset_file(tmp_path):
-    from gpu_engine.data import blocks as B
+    from gpu_engine.data.blocks import dataset as B
 
     table, meta = B.build(until="2024-08-08")
     path = B.write(tmp_path / "blocks.npy", table, meta)

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from gpu_engine import validation as V
-from gpu_engine.data.books import Book
+from gpu_engine.data.books.store import Book
 
 
 # ------------------------------------------------------------------ PBO

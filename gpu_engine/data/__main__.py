@@ -22,10 +22,10 @@ from gpu_engine.cli import run_main
 
 # command modules, in the order they appear in --help
 COMMAND_MODULES = (
-    "gpu_engine.data.blocks",
-    "gpu_engine.data.importers",
-    "gpu_engine.data.synth",
-    "gpu_engine.data.record",
+    "gpu_engine.data.blocks.dataset",
+    "gpu_engine.data.books.importers",
+    "gpu_engine.data.synth.generate",
+    "gpu_engine.data.books.record",
 )
 
 

@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gpu_engine.data.__main__ import main as cli_main
-from gpu_engine.data.books import load
+from gpu_engine.data.books.store import load
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import binance
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.importers import import_files
+from gpu_engine.data.books.feeds import binance
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.importers import import_files
 
 DEPTH = 5
 CAPTURES = {  # name -> lines of the prefix used (each holds the original snapshot line)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from gpu_engine.data.__main__ import main as cli_main
-from gpu_engine.data.books import load
-from gpu_engine.data.importers import import_files
+from gpu_engine.data.books.store import load
+from gpu_engine.data.books.importers import import_files
 
 WITH_SNAPSHOT = ["binance_spot_btcusdt_20240808.jsonl.gz", "binance_usdm_btcusdt_20240808.jsonl.gz",
                  "binance_usdm_btcusdt_20230404.jsonl.gz"]

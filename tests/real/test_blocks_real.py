@@ -7,9 +7,9 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from gpu_engine.data import blocks as B
+from gpu_engine.data.blocks import dataset as B
 from gpu_engine.data.__main__ import main as cli_main
-from gpu_engine.data.blocks_sources import merge_daily, read_chain_stats, read_prices
+from gpu_engine.data.blocks.sources import merge_daily, read_chain_stats, read_prices
 
 YAHOO = "btc_usd_daily_ohlcv_2014_2025.csv"
 CM = "btc_daily_coinmetrics_2009_2019.csv.gz"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import coinbase
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import seconds_to_ns
+from gpu_engine.data.books.feeds import coinbase
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import seconds_to_ns
 
 FILE = "coinbase_level2_20210417.txt.gz"
 PRODUCTS = ["SKL-USD", "SKL-BTC", "SKL-GBP", "BAND-GBP", "BAND-BTC", "NMR-EUR", "YFI-BTC",

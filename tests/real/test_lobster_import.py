@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import lobster
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds import lobster
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 
 STEM = "lobster_AAPL_2012-06-21_34200000_57600000_{}_10.csv"
 
@@ -150,7 +150,7 @@ def test_unpaired_or_misnamed_files_are_unusable(tmp_path, pair):
 
 
 def test_cli_end_to_end(pair, tmp_path, capsys):
-    from gpu_engine.data import books as store
+    from gpu_engine.data.books import store
     from gpu_engine.data.__main__ import main as cli
 
     out = tmp_path / "aapl.zarr"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpu_engine.data import books as store
+from gpu_engine.data.books import store
 from gpu_engine.data.__main__ import main as cli
-from gpu_engine.data.feeds import okx
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds import okx
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 
 FILE = "okx_books_20220513.txt.gz"
 INSTRUMENTS = ["BTC-USDT", "BTC-USD-220527", "UNI-USD-SWAP"]

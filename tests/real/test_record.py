@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_engine.data.books import load, open_attrs
-from gpu_engine.data.importers import import_files
-from gpu_engine.data.record import RecordConfig, Recorder
+from gpu_engine.data.books.store import load, open_attrs
+from gpu_engine.data.books.importers import import_files
+from gpu_engine.data.books.record import RecordConfig, Recorder
 from gpu_engine.testing.fake_exchange import FakeExchange, load_capture
 
 SPOT = "binance_spot_btcusdt_20240808.jsonl.gz"
@@ -149,7 +149,7 @@ def test_soak_100_disconnects_100_gaps_and_bad_input(real_dir, spot_capture, tmp
         fx.schedule(depth_at[10 * k + 4], "http_errors", 429, 503)
         fx.schedule(depth_at[10 * k + 4], "stale_snapshots", 1)
     fx.schedule(depth_at[995], "inject", '{"error":{"code":2,"msg":"Invalid request: unknown variant"},"id":null}')
-    caplog.set_level(logging.INFO, logger="gpu_engine.data.record")
+    caplog.set_level(logging.INFO, logger="gpu_engine.data.books.record")
     with fx:
         rec = _record(fx, tmp_path, box=rec_box)
     got = load(tmp_path / "rec.zarr")

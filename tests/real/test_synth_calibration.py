@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from gpu_engine.data import synth
-from gpu_engine.data.synth_stats import book_facts, quote_facts, trade_facts
+from gpu_engine.data.synth import generate as synth
+from gpu_engine.data.synth.stats import book_facts, quote_facts, trade_facts
 
 FILES = ("binance_spot_btcusdt_20240808.jsonl.gz", "binance_spot_btcusdt_20240809.jsonl.gz")
 TICK = 0.01

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from gpu_engine.data.blocks_sources import DailySeries, day_iso, merge_daily
+from gpu_engine.data.blocks.sources import DailySeries, day_iso, merge_daily
 
 GENESIS_TIME = 1231006505
 

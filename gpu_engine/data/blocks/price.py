@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpu_engine.data.blocks_sources import DailySeries, merge_daily
+from gpu_engine.data.blocks.sources import DailySeries, merge_daily
 
 MAX_GAP_DAYS = 7
 DAY = 86400.0
@@ -113,7 +113,7 @@ def block_prices(times: np.ndarray, heights: np.ndarray, log_pl: np.ndarray, pri
         return log_pl_fn(t) + cycle_term(np.interp(t, tf, hf)) + np.interp(t, grid, x)
 
     source = np.zeros(times.size, dtype=np.uint8)
-    info = {"synthetic": {"model": "ln P = ln PL(t) + cycle(h) + X(t) + join(t) (see gpu_engine/data/blocks_price.py)",
+    info = {"synthetic": {"model": "ln P = ln PL(t) + cycle(h) + X(t) + join(t) (see gpu_engine/data/blocks/price.py)",
                           "seed": int(seed), "grid_step_s": GRID_STEP_S, **SYNTH_PARAMS},
             "real": None}
     if not prices:

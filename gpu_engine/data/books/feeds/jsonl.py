@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds.events import ImportReport
+from gpu_engine.data.books.feeds.events import ImportReport
 
 GZIP_MAGIC = b"\x1f\x8b"
 LOCAL_TS_TOLERANCE_NS = 1_000_000_000  # receive clock may step back this much (NTP slew) uncounted

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds.book import PriceLevelBook
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import iter_lines
+from gpu_engine.data.books.feeds.book import PriceLevelBook
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import iter_lines
 
 TS_JITTER_NS = 1_000_000_000  # exchange time may step back this much without being an error
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from gpu_engine.data.synth_layout import (I_BA, I_BASE, I_BB, I_DROPPED, I_NA, I_NB, I_RECENTRES,
+from gpu_engine.data.synth.layout import (I_BA, I_BASE, I_BB, I_DROPPED, I_NA, I_NB, I_RECENTRES,
                                           I_SEQ, P_FILL_GEOM, P_FILL_SIG, P_MO_SLIP)
 
 # ---------------------------------------------------------------- Fenwick tree (1-based inside)

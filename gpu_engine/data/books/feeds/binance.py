@@ -69,10 +69,10 @@ from typing import Iterator
 
 import numpy as np
 
-from gpu_engine.data.feeds import sniff
-from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import MAX_LISTED_BAD, iter_capture
+from gpu_engine.data.books.feeds import sniff
+from gpu_engine.data.books.feeds.book import LevelError, PriceLevelBook, parse_levels
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import MAX_LISTED_BAD, iter_capture
 
 BUFFER_MAX = 50_000                     # depthUpdates buffered while waiting for a snapshot
 TS_TOLERANCE_NS = 1_000_000_000         # exchange time may step back <= 1 s (clamped, counted)
@@ -381,7 +381,7 @@ def _fast_book_ticker(payload: bytes):
 
 def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport,
          sync: DepthSync | None = None, lines=None) -> Iterator[BookRow | TradeRow]:
-    """The `binance-jsonl` reader (registered in `gpu_engine.data.importers.FORMATS`).
+    """The `binance-jsonl` reader (registered in `gpu_engine.data.books.importers.FORMATS`).
 
     `sync`: an existing `DepthSync` to continue (or to inspect while the generator is
     suspended after a row); by default a new one.

@@ -1,7 +1,7 @@
 """`python -m gpu_engine.data import`: feed files -> one Zarr book store, with a summary.
 
 Owns the reader registry and the import loop; the readers (one module per
-format in `gpu_engine.data.feeds`) own parsing and book maintenance.
+format in `gpu_engine.data.books.feeds`) own parsing and book maintenance.
 
 * `FORMATS`: format name -> reader, or "module:function" resolved on first use
   (`get_reader`). Reader signature (see `feeds/events.py` for its duties):
@@ -33,20 +33,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gpu_engine.data.books import BookStoreWriter, check_depth_fits
-from gpu_engine.data.feeds import sniff
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.store import BookStoreWriter, check_depth_fits
+from gpu_engine.data.books.feeds import sniff
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.errors import InputError
 from gpu_engine.outputs import claim_output
 
 Reader = Callable[[list, int, "str | None", ImportReport], Iterator]
 
 FORMATS: dict[str, Reader | str] = {
-    "binance-jsonl": "gpu_engine.data.feeds.binance:read",
-    "coinbase-jsonl": "gpu_engine.data.feeds.coinbase:read",
-    "okx-jsonl": "gpu_engine.data.feeds.okx:read",
-    "lobster": "gpu_engine.data.feeds.lobster:read",
-    "tardis-csv": "gpu_engine.data.feeds.tardis:read",
+    "binance-jsonl": "gpu_engine.data.books.feeds.binance:read",
+    "coinbase-jsonl": "gpu_engine.data.books.feeds.coinbase:read",
+    "okx-jsonl": "gpu_engine.data.books.feeds.okx:read",
+    "lobster": "gpu_engine.data.books.feeds.lobster:read",
+    "tardis-csv": "gpu_engine.data.books.feeds.tardis:read",
 }
 
 SUMMARY_COUNTERS = (

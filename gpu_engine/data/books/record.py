@@ -5,7 +5,7 @@ reconnects with exponential backoff + jitter, signal handling, flushing, the raw
 capture writer and the status line. Book maintenance and parsing are NOT here:
 every frame becomes exactly the capture line the importer reads (`<local_ts_ns>
 <json>`, the REST snapshot as its own line) and is fed, in that order, through the
-importer's own reader (`gpu_engine.data.feeds.binance.read` with its `DepthSync`).
+importer's own reader (`gpu_engine.data.books.feeds.binance.read` with its `DepthSync`).
 So a recording equals the import of its own `--raw` capture by construction, and
 the rows go to the shared `BookStoreWriter` (incremental: every flushed row is
 readable after a `kill -9`). The readers are generators over capture lines, so
@@ -62,7 +62,7 @@ from urllib.parse import urlsplit
 
 from gpu_engine.errors import InputError
 
-log = logging.getLogger("gpu_engine.data.record")
+log = logging.getLogger("gpu_engine.data.books.record")
 
 EXCHANGES = {
     "binance": {"ws": "wss://stream.binance.com:9443", "rest": "https://api.binance.com",
@@ -178,7 +178,7 @@ class LiveReader:
     time, in a worker thread, in lockstep: `feed(local_ts, obj)` returns the rows that line made."""
 
     def __init__(self, module, depth: int, symbol: str, feed: str = "binance"):
-        from gpu_engine.data.feeds.events import ImportReport
+        from gpu_engine.data.books.feeds.events import ImportReport
 
         self.module = module
         self.report = ImportReport()
@@ -331,8 +331,8 @@ class Recorder:
     async def run(self) -> int:
         import httpx
 
-        from gpu_engine.data.books import BookStoreWriter
-        from gpu_engine.data.feeds import binance, coinbase
+        from gpu_engine.data.books.store import BookStoreWriter
+        from gpu_engine.data.books.feeds import binance, coinbase
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -616,7 +616,7 @@ class Recorder:
             return
         if mtype == "l2update" and isinstance(obj.get("time"), str):
             try:
-                from gpu_engine.data.feeds.coinbase import iso_to_ns
+                from gpu_engine.data.books.feeds.coinbase import iso_to_ns
 
                 self.stats.lag_ms = (local - iso_to_ns(obj["time"])) / 1e6
             except ValueError:
@@ -834,7 +834,7 @@ def _run(args) -> int:
 def check_outputs(cfg) -> None:
     """Before any connection: --out (and --raw) must not exist and must be writable, and
     --depth must fit in memory; each refusal is one line naming the flag (exit 2)."""
-    from gpu_engine.data.books import check_depth_fits
+    from gpu_engine.data.books.store import check_depth_fits
     from gpu_engine.outputs import check_parent_writable
 
     if isinstance(cfg.depth, int) and cfg.depth >= 1:

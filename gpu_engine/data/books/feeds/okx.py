@@ -30,11 +30,11 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpu_engine.data.feeds import sniff
-from gpu_engine.data.feeds.book import LevelError, parse_levels
-from gpu_engine.data.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, BookState, Picker, TradeClock,
+from gpu_engine.data.books.feeds import sniff
+from gpu_engine.data.books.feeds.book import LevelError, parse_levels
+from gpu_engine.data.books.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, BookState, Picker, TradeClock,
                                             iter_cryptofeed, kind_in, product_in, tick_step)
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 
 BOOK_CHANNELS = {"books", "books-l2-tbt", "books50-l2-tbt"}
 TRADE_CHANNELS = {"trades", "trades-all"}

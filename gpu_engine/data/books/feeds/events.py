@@ -1,7 +1,7 @@
 """What every feed reader yields and counts: book rows, trades, and the import report.
 
 A reader is a generator `read(paths, depth, symbol, report) -> Iterator[BookRow | TradeRow]`
-(registered by format name in `gpu_engine.data.importers.FORMATS`). It never yields a
+(registered by format name in `gpu_engine.data.books.importers.FORMATS`). It never yields a
 row from a book known to be wrong (between a gap and its resync, or crossed without a
 flag); it counts everything it skipped or refused in `report`.
 
@@ -15,7 +15,7 @@ Reader duties (the importer relies on them):
   format-specific counters in `report.extra` (JSON-able; all of it lands in the
   store attrs); `report.count(key)` increments a counter in `report.extra`;
 * unusable input -> raise `InputError.at(path, line, field, problem)`;
-* read files through `gpu_engine.data.feeds.jsonl.iter_lines` (gzip detection,
+* read files through `gpu_engine.data.books.feeds.jsonl.iter_lines` (gzip detection,
   truncated-gzip handling, byte progress via `report.advance`).
 """
 from __future__ import annotations

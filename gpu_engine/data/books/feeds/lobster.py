@@ -39,8 +39,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import iter_lines
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import iter_lines
 
 PRICE_SCALE = 10_000.0
 DUMMY_ASK = 9_999_999_999

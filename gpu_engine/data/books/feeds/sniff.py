@@ -27,7 +27,7 @@ import json
 import re
 from pathlib import Path
 
-from gpu_engine.data.feeds.events import ImportReport
+from gpu_engine.data.books.feeds.events import ImportReport
 from gpu_engine.errors import InputError
 
 SNIFF_LINES = 20  # lines looked at per file
@@ -160,7 +160,7 @@ def _looks(fmt: str, shape: str, obj) -> str | None:
 
 def mismatch(paths, fmt: str, choices) -> str | None:
     """A one-line refusal when the first decisive line of a file is not `fmt` (see the docstring)."""
-    from gpu_engine.data.feeds.jsonl import iter_lines
+    from gpu_engine.data.books.feeds.jsonl import iter_lines
 
     if fmt not in EXPECTED_SHAPE:
         return None  # a format registered elsewhere (tests, plugins): its reader decides

@@ -46,10 +46,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpu_engine.errors import InputError
-from gpu_engine.data.feeds import sniff
-from gpu_engine.data.feeds.book import LevelError, PriceLevelBook, parse_levels
-from gpu_engine.data.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.feeds.jsonl import LOCAL_TS_TOLERANCE_NS, iter_lines, split_cryptofeed_line
+from gpu_engine.data.books.feeds import sniff
+from gpu_engine.data.books.feeds.book import LevelError, PriceLevelBook, parse_levels
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
+from gpu_engine.data.books.feeds.jsonl import LOCAL_TS_TOLERANCE_NS, iter_lines, split_cryptofeed_line
 
 TS_JITTER_NS = 1_000_000_000  # exchange time may step back this much per product (clamped)
 CONNECT = "connect"           # iter_cryptofeed kinds

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from gpu_engine.data import synth_layout as E
+from gpu_engine.data.synth import layout as E
 from gpu_engine.errors import InputError
 
 

@@ -53,9 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_engine.data.blocks_price import block_prices
-from gpu_engine.data.blocks_sources import DailySeries, parse_day, read_chain_stats, read_prices
-from gpu_engine.data.blocks_timemap import build_time_map
+from gpu_engine.data.blocks.price import block_prices
+from gpu_engine.data.blocks.sources import DailySeries, parse_day, read_chain_stats, read_prices
+from gpu_engine.data.blocks.timemap import build_time_map
 from gpu_engine.errors import InputError
 from gpu_engine.outputs import claim_output, clean_stale_temps, is_ours
 
@@ -241,7 +241,7 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
     }
     meta = {
         "schema_version": SCHEMA_VERSION,
-        "kind": "gpu_engine.data.blocks",
+        "kind": "gpu_engine.data.blocks.dataset",
         "dtype": [list(d) for d in BLOCK_DTYPE.descr],
         "n_blocks": n,
         "first_time": int(times[0]),
@@ -309,7 +309,7 @@ def _our_sidecar(side: Path) -> bool:
         meta = json.loads(side.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("kind") == "gpu_engine.data.blocks"
+    return isinstance(meta, dict) and meta.get("kind") == "gpu_engine.data.blocks.dataset"
 
 
 def ensure_default(path=DEFAULT_OUT) -> Path:

@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from gpu_engine.data.synth_book import (add_orders, best_ask, best_bid, emit_row, fw_kth, fw_prefix,
+from gpu_engine.data.synth.book import (add_orders, best_ask, best_bid, emit_row, fw_kth, fw_prefix,
                                         lognormal_lots, market, mid_ticks, recentre, remove_level,
                                         remove_one_order, thin_near)
-from gpu_engine.data.synth_layout import *  # noqa: F401,F403  (the P_*, F_*, I_* indices)
+from gpu_engine.data.synth.layout import *  # noqa: F401,F403  (the P_*, F_*, I_* indices)
 
 
 @njit

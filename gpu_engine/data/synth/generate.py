@@ -19,15 +19,15 @@ from typing import Iterator
 
 import numpy as np
 
-from gpu_engine.data import synth_book as SB
-from gpu_engine.data import synth_engine as E
-from gpu_engine.data import synth_layout as LY
-from gpu_engine.data.books import Book, Trades
-from gpu_engine.data.synth_params import DEFAULT, SynthParams
+from gpu_engine.data.synth import book as SB
+from gpu_engine.data.synth import engine as E
+from gpu_engine.data.synth import layout as LY
+from gpu_engine.data.books.store import Book, Trades
+from gpu_engine.data.synth.params import DEFAULT, SynthParams
 from gpu_engine.errors import InputError
 from gpu_engine.outputs import claim_output, clean_stale_temps
 
-GENERATOR = "gpu_engine.data.synth v1 (ZI limit/market/cancel + Hawkes market orders)"
+GENERATOR = "gpu_engine.data.synth.generate v1 (ZI limit/market/cancel + Hawkes market orders)"
 DEFAULT_START = "2024-08-08T00:00"
 DEFAULT_HOURS = 6.0
 DEFAULT_OUT = "data/books/synth.zarr"
@@ -59,7 +59,7 @@ def anchor_price(start_ns: int, blocks_path=None) -> tuple[float, dict]:
     Uses `blocks_path` when given, else data/blocks.npy when present, else builds the block
     dataset in memory up to the start time.
     """
-    from gpu_engine.data import blocks as B  # imported late: a sibling module
+    from gpu_engine.data.blocks import dataset as B  # imported late: a sibling module
 
     unix = start_ns / 1e9
     if blocks_path is not None:
@@ -74,7 +74,7 @@ def anchor_price(start_ns: int, blocks_path=None) -> tuple[float, dict]:
     else:
         day = dt.datetime.fromtimestamp(unix, dt.timezone.utc).date().isoformat()
         table, _meta = B.build(until=day, until_flag="synth --start")
-        origin = "gpu_engine.data.blocks.build(until=start) in memory"
+        origin = "gpu_engine.data.blocks.dataset.build(until=start) in memory"
     try:
         row = B.block_at(table, unix)
     except ValueError as exc:
@@ -293,7 +293,7 @@ def write(path, start=DEFAULT_START, hours: float = DEFAULT_HOURS, seed: int = 0
     refused unless `overwrite`, and even then only a book store is replaced (never a directory
     of stores, a foreign file or the --blocks input). A failure leaves nothing behind.
     """
-    from gpu_engine.data.books import BookStoreWriter, check_depth_fits
+    from gpu_engine.data.books.store import BookStoreWriter, check_depth_fits
 
     start_ns = parse_start(start)
     params.validate()
