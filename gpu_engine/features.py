@@ -2,7 +2,8 @@
 
     bank = build_bank(book_or_market, spec=None, xp=None, blocks=None)
     bank.values                      # xp float32 [K, T]
-    bank.table                       # pandas DataFrame: row, name, label, params (JSON), one column per param
+    bank.rows                        # one dict per row: row, name, label, params (JSON), each param
+    bank.table                       # the same as a pandas DataFrame (built on first use)
     bank.index("ofi", window=100)    # -> row number, what a configuration's `signal`/`regime` holds
     bank.names                       # row labels, e.g. "ofi(window=100)"
 
@@ -63,7 +64,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import pandas as pd
 
 from gpu_engine.backend import array_module, to_host
 from gpu_engine.market import NS_PER_S, Market
@@ -345,8 +345,16 @@ def _normalise_spec(spec: Iterable, depth: int, default: bool) -> list[tuple[str
 
 @dataclass
 class FeatureBank:
-    values: Any           # xp float32 [K, T]
-    table: pd.DataFrame   # one row per feature row
+    values: Any        # xp float32 [K, T]
+    rows: list[dict]   # one dict per feature row: row, name, label, params (JSON), each param
+
+    @property
+    def table(self):
+        """The rows as a pandas DataFrame (built on first use: pandas costs ~0.5 s to import)."""
+        cached = self.__dict__.get("_table")
+        if cached is None:
+            cached = self.__dict__["_table"] = _table(self.rows)
+        return cached
 
     @property
     def xp(self):
@@ -354,7 +362,7 @@ class FeatureBank:
 
     @property
     def names(self) -> list[str]:
-        return list(self.table["label"])
+        return [r["label"] for r in self.rows]
 
     @property
     def K(self) -> int:
@@ -367,12 +375,12 @@ class FeatureBank:
     def index(self, name: str, **params) -> int:
         """Row of the feature `name` whose parameters include `params` (must be unique)."""
         hits = []
-        for row, n, p in zip(self.table["row"], self.table["name"], self.table["params"]):
-            if n != name:
+        for r in self.rows:
+            if r["name"] != name:
                 continue
-            p = json.loads(p)
+            p = json.loads(r["params"])
             if all(k in p and p[k] == v for k, v in params.items()):
-                hits.append(int(row))
+                hits.append(int(r["row"]))
         if len(hits) == 1:
             return hits[0]
         which = _label(name, params)
@@ -423,8 +431,14 @@ def build_bank(book_or_market, spec=None, xp=None, blocks=None) -> FeatureBank:
         values[k] = fn(ctx, **params).astype(xpm.float32)
         rows.append({"row": k, "name": name, "label": _label(name, params),
                      "params": json.dumps(params, sort_keys=True), **params})
+    return FeatureBank(values=values, rows=rows)
+
+
+def _table(rows: list[dict]):
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=None if rows else ["row", "name", "label", "params"])
     for col in ("window", "levels"):
         if col in table:
             table[col] = table[col].astype("Int64")  # integer parameters stay integers (NA when absent)
-    return FeatureBank(values=values, table=table)
+    return table

@@ -38,7 +38,6 @@ from typing import Any
 
 import numcodecs
 import numpy as np
-import xarray as xr
 import zarr
 
 from gpu_engine import outputs
@@ -145,6 +144,8 @@ def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
 
 def open_cube(path: str | Path) -> xr.Dataset:
     """Open a cube lazily (exactly what `xr.open_zarr(path)` does)."""
+    import xarray as xr
+
     return xr.open_zarr(path)
 
 

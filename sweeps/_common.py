@@ -111,6 +111,7 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
     """Generate the defaults when absent, load the book, build the bank, split in time."""
     from gpu_engine.backend import resolve
     from gpu_engine.data.books import store as books
+    from gpu_engine import feature_cache
     from gpu_engine.features import build_bank
 
     spec = space_mod.feature_spec(space)  # unknown signal names fail here, before any data work
@@ -137,7 +138,9 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
         split = validation.split_time(book.ts, args.is_frac, args.purge_frac)
     except ValueError as exc:
         raise InputError(f"{book_path}: --data: {exc}") from None
-    bank = build_bank(book, spec, xp=backend.xp, blocks=blocks_path)
+    bank, _ = feature_cache.load_or_build(
+        book_path, blocks_path, spec, backend.xp,
+        lambda: build_bank(book, spec, xp=backend.xp, blocks=blocks_path))
     vals = np.asarray(bank.to_host()[:, split.in_sample], dtype=np.float64)
     with np.errstate(all="ignore"):
         finite = np.isfinite(vals)

@@ -439,6 +439,15 @@ def _cuda_cache_class():
     return KernelCUDACache
 
 
+def holds(dispatcher) -> bool:
+    """Whether the disk cache holds a compiled specialisation of `dispatcher` for the current
+    sources and toolchain (so loading it costs well under a second, not a compile)."""
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())
+    except Exception:
+        return False
+
+
 def enable(dispatcher, target: str = "cpu") -> str | None:
     """Give a kernel dispatcher (numba `njit` for target "cpu", numba-cuda `cuda.jit` for
     "cuda") the keyed disk cache. Returns the cache folder, or None when there is no disk

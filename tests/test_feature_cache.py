@@ -1,0 +1,111 @@
+"""The on-disk feature bank cache: a hit equals a fresh build bit for bit; an edited store, spec
+or source never hits; a corrupt entry is discarded and rebuilt; `off` switches it off."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpu_engine import feature_cache
+from gpu_engine.data.books.store import load, write_store
+from gpu_engine.features import build_bank
+from tests.test_features import random_book
+
+SPEC = [("ofi", {"window": 10}), ("imbalance1", {}), ("spread_bps", {})]
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPU_ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "features"
+
+
+@pytest.fixture()
+def store(tmp_path) -> Path:
+    return write_store(tmp_path / "book.zarr", random_book(T=300, seed=3))
+
+
+def cached(store: Path, spec=SPEC):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return build_bank(load(store), spec, xp=np)
+
+    bank, hit = feature_cache.load_or_build(store, None, spec, np, build)
+    assert hit == (not calls)
+    return bank, hit
+
+
+def test_hit_equals_fresh_build(cache_dir, store):
+    first, hit1 = cached(store)
+    second, hit2 = cached(store)
+    assert (hit1, hit2) == (False, True)
+    fresh = build_bank(load(store), SPEC, xp=np)
+    assert second.values.dtype == np.float32
+    assert np.array_equal(second.values, fresh.values, equal_nan=True)
+    assert second.rows == fresh.rows and second.names == fresh.names
+    assert second.index("ofi", window=10) == fresh.index("ofi", window=10)
+    assert list(second.table["label"]) == list(fresh.table["label"])
+
+
+def test_edited_store_or_other_spec_misses(cache_dir, store):
+    cached(store)
+    assert cached(store, SPEC[:2])[1] is False        # another spec
+    book = random_book(T=300, seed=4)                 # the store rewritten in place
+    import shutil
+    shutil.rmtree(store)
+    write_store(store, book)
+    bank, hit = cached(store)
+    assert hit is False
+    assert np.array_equal(bank.values, build_bank(book, SPEC, xp=np).values, equal_nan=True)
+    # a file touched back to its old modification time still changes its ctime: a miss
+    chunk = next(p for p in store.rglob("*") if p.is_file())
+    st = chunk.stat()
+    chunk.write_bytes(chunk.read_bytes())
+    os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cached(store)[1] is False
+
+
+def test_edited_source_misses(cache_dir, store, monkeypatch):
+    cached(store)
+    from gpu_engine.kernels import cache
+
+    real = cache.source_stamp
+    monkeypatch.setattr(cache, "source_stamp", lambda f, extra=(): real(f, extra) + "-edited")
+    assert cached(store)[1] is False
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
+def test_corrupt_entry_is_rebuilt_never_used(cache_dir, store, damage):
+    good, _ = cached(store)
+    (entry,) = cache_dir.glob("*" + feature_cache.SUFFIX)
+    blob = bytearray(entry.read_bytes())
+    if damage == "truncate":
+        entry.write_bytes(bytes(blob[: len(blob) // 2]))
+    elif damage == "flip":
+        np.savez(entry, values=good.values + np.float32(1), meta=np.load(entry)["meta"])
+    else:
+        entry.write_bytes(b"not a bank at all")
+    bank, hit = cached(store)
+    assert hit is False
+    assert np.array_equal(bank.values, good.values, equal_nan=True)
+    assert cached(store)[1] is True  # rebuilt and saved again
+
+
+def test_off_builds_every_time(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("GPU_ENGINE_CACHE_DIR", "off")
+    assert cached(store)[1] is False
+    assert cached(store)[1] is False
+    assert not (tmp_path / "cache").exists()
+
+
+def test_oldest_entries_trimmed(cache_dir, store, monkeypatch):
+    cached(store)
+    size = next(cache_dir.glob("*" + feature_cache.SUFFIX)).stat().st_size
+    monkeypatch.setattr(feature_cache, "MAX_BYTES", size + size // 2)  # room for one entry
+    cached(store, SPEC[:2])
+    assert len(list(cache_dir.glob("*" + feature_cache.SUFFIX))) == 1
+    assert cached(store, SPEC[:2])[1] is True   # the newest stays
