@@ -167,6 +167,25 @@ def test_book_snapshot_25(tmp_path):
     assert wide[0].ask_px.shape == (30,) and np.isnan(wide[0].ask_px[3:]).all()
 
 
+QUOTES_HEAD = "exchange,symbol,timestamp,local_timestamp,ask_amount,ask_price,bid_price,bid_amount"
+
+
+def test_quotes_are_level1_rows(tmp_path):
+    rows = [f"binance-futures,BTCUSDT,{T0},{T0 + 5},2.5,101,100,1.5",
+            f"binance-futures,BTCUSDT,{T0 + 10},{T0 + 15},,,100,1",      # no ask
+            f"binance-futures,BTCUSDT,{T0 + 20},{T0 + 25},1,99,100,1",   # crossed: counted, skipped
+            f"binance-futures,BTCUSDT,{T0 + 30},{T0 + 35},1,101,x,1"]    # bad number
+    books, report = run([write(tmp_path / "q.csv", QUOTES_HEAD, rows)], depth=2)
+    assert [b.ts for b in books] == [T0 * 1000, (T0 + 10) * 1000]
+    np.testing.assert_array_equal(books[0].ask_px, [101, np.nan])
+    np.testing.assert_array_equal(books[0].bid_sz, [1.5, 0])
+    assert np.isnan(books[1].ask_px[0]) and books[1].ask_sz[0] == 0 and books[1].local_ts == (T0 + 15) * 1000
+    assert report.crossed == 1 and report.bad_lines == 1 and report.messages == 4
+    i = write(tmp_path / "i.csv", INC_HEAD, [])
+    with pytest.raises(InputError, match="mix of incremental_book_L2 and quotes"):
+        run([i, tmp_path / "q.csv"])
+
+
 def test_trades_sides_and_merge_with_book(tmp_path):
     trades = [f"binance,BTCUSDT,{T0 + 5},{T0 + 9},1,buy,100.5,0.1",
               f"binance,BTCUSDT,{T0 + 15},{T0 + 19},2,sell,100,0.2",

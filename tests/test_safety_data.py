@@ -388,6 +388,8 @@ def _write_forms(d: Path, name: str, msgs: list) -> dict[str, Path]:
 def test_foreign_exchange_files_say_what_they_look_like(tmp_path, capsys, name, msgs, looks):
     for form, path in _write_forms(tmp_path, name, msgs).items():
         for fmt in FORMATS:
+            if fmt == name:
+                continue  # its own --format reads it (tests/test_feeds_bybit.py, test_feeds_hyperliquid.py)
             err = refused(["import", path, "--format", fmt, "--out", tmp_path / "x.zarr", "--quiet"],
                           capsys, tmp_path, f"{path}:1: not a", fmt, looks, "--format choices:")
             assert all(f in err for f in FORMATS), err

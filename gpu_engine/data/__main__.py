@@ -1,4 +1,4 @@
-"""`python -m gpu_engine.data <command>`: blocks, import, synth, record.
+"""`python -m gpu_engine.data <command>`: blocks, download, import, synth, record.
 
 Each command lives in its own module, which exposes `add_cli(subparsers)`; that
 adds its sub-parser and sets `func(args) -> int`. Unusable input raises
@@ -23,6 +23,7 @@ from gpu_engine.cli import run_main
 # command modules, in the order they appear in --help
 COMMAND_MODULES = (
     "gpu_engine.data.blocks.dataset",
+    "gpu_engine.data.download.command",
     "gpu_engine.data.books.importers",
     "gpu_engine.data.synth.generate",
     "gpu_engine.data.books.record",

@@ -1,9 +1,11 @@
 """The per-block Bitcoin dataset: issuance, height->time map, fair values, price; build/write/load/lookup.
 
-One row per height 0..N-1, dtype `BLOCK_DTYPE` (packed, little-endian):
+One row per height 0..N-1, dtype `BLOCK_DTYPE` (packed, little-endian), schema 2:
 
   height        int32    block height (== row index)
-  time          int64    unix seconds of the block by the time map (`blocks_timemap`)
+  time          int64    unix seconds of the block: its real header timestamp where the header was
+                         fetched (`time_source` 1; not monotone in height), else the time map's
+                         (`timemap`, `time_source` 0)
   subsidy_sat   int64    block subsidy in satoshi: (50e8 >> (h // 210000)), 0 from epoch 64
                          (Bitcoin Core GetBlockSubsidy); the last paying epoch is 32 (1 sat),
                          subsidy is 0 from height 6,930,000
@@ -19,9 +21,22 @@ One row per height 0..N-1, dtype `BLOCK_DTYPE` (packed, little-endian):
   price         float64  BTC/USD: real daily closes interpolated log-linearly where `prices` cover the
                          block, else the seeded synthetic model (`blocks_price`)
   price_source  uint8    1 real, 0 synthetic
+  time_source   uint8    1 real (the block header was fetched: `--source`), 0 modelled (time map)
+  median_time   int64    median time past (BIP 113) from the header, -1 unknown
+  difficulty    float64  difficulty from the header's bits, NaN unknown
+  tx_count      int32    transactions in the block (coinbase included), -1 unknown
+  size_bytes    int32    block size with witness data, bytes, -1 unknown (Bitcoin Core gives none)
+  weight_wu     int32    block weight, weight units, -1 unknown (Bitcoin Core gives none)
+  fees_sat      int64    total fees of the block's transactions, satoshi, -1 unknown (Esplora gives
+                         none; a pruned Core node has none for pruned blocks)
+
+The last seven fields are the fetched headers' (`headers`); every modelled block has the
+unknown values. Schema 1 files (without them) still load: `load` returns them converted in
+memory with those fields unknown; rebuilding (`python -m gpu_engine.data blocks --overwrite`)
+writes schema 2.
 
 Public API (stable; other modules call these):
-  build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0) -> (array, meta)
+  build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, headers=None) -> (array, meta)
   claim(path, overwrite, inputs) check before any work that `path` may be written (never a
                                foreign file, an input, or an existing dataset without overwrite)
   ensure_default(path)         build + write data/blocks.npy only where nothing stands
@@ -30,15 +45,18 @@ Public API (stable; other modules call these):
                                `<path minus .npy>.json` (schema version, model parameters with their
                                sources, input files with sha256, array sha256, build time)
   load(path) -> array          memory-mapped, read-only (np.load mmap_mode='r'); load_meta(path) -> dict
-  height_at(blocks, t)         vectorised: the height of the latest block with time <= t; -1 where t
-                               is before the genesis block; the tip's height for t past the tip
+  height_at(blocks, t)         vectorised: the height of the last block of the longest prefix of the
+                               chain whose times are all <= t (real header times are not monotone;
+                               with modelled times this is the latest block with time <= t); -1
+                               where t is before the genesis block; the tip's height past the tip
   block_at(blocks, t)          the record(s) at height_at(blocks, t); raises ValueError if any t is
                                before the genesis block (there is no block yet)
   summary(blocks, meta) -> str
   add_cli(subparsers)          `python -m gpu_engine.data blocks ...`
 
 Length: `n_blocks` rows; or every block with time before the end of the UTC day `until`
-(inclusive of that day); by default every block whose mapped time is <= now (build time).
+(inclusive of that day); by default every block whose mapped time is <= now (build time), or
+with fetched headers, every height up to the highest one fetched.
 """
 from __future__ import annotations
 
@@ -47,6 +65,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time as _time
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -59,10 +78,14 @@ from gpu_engine.data.blocks.timemap import build_time_map
 from gpu_engine.errors import InputError
 from gpu_engine.outputs import claim_output, clean_stale_temps, is_ours
 
-SCHEMA_VERSION = 1
-BLOCK_DTYPE = np.dtype([
+SCHEMA_VERSION = 2
+BLOCK_DTYPE_V1 = np.dtype([
     ("height", "<i4"), ("time", "<i8"), ("subsidy_sat", "<i8"), ("supply_sat", "<i8"),
     ("s2f", "<f8"), ("fair_pl", "<f8"), ("fair_s2f", "<f8"), ("price", "<f8"), ("price_source", "u1"),
+])
+BLOCK_DTYPE = np.dtype(BLOCK_DTYPE_V1.descr + [
+    ("time_source", "u1"), ("median_time", "<i8"), ("difficulty", "<f8"), ("tx_count", "<i4"),
+    ("size_bytes", "<i4"), ("weight_wu", "<i4"), ("fees_sat", "<i8"),
 ])
 DEFAULT_OUT = "data/blocks.npy"
 
@@ -175,12 +198,17 @@ def check_fits(n: int, flag: str) -> None:
                             f"more than this machine's {gib(total)} of memory")
 
 
-def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None, until_flag="--until"):
+def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=None, until_flag="--until",
+          headers=None, headers_info=None):
     """Build the dataset in memory: (structured array of BLOCK_DTYPE, meta dict).
 
     n_blocks: rows 0..n_blocks-1. until: 'YYYY-MM-DD' (or a date): every block mapped before the
     end of that UTC day. Neither: every block mapped at or before `now` (default: the current
-    time). prices / chain_stats: CSV paths (or DailySeries). seed: synthetic price seed.
+    time), or with `headers`, every height up to the highest fetched one. prices / chain_stats:
+    CSV paths (or DailySeries). seed: synthetic price seed. headers: fetched header rows
+    (`headers.HEADER_DTYPE`, sorted by height, unique): their times replace the time map's at
+    their heights (`time_source` 1) and anchor it around them; their block-flow fields are
+    copied. headers_info: a dict recorded in the sidecar under "headers".
     Unusable input raises InputError; `until_flag` is the option named for a bad `until`
     (synth passes its --start).
     """
@@ -194,7 +222,15 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
             raise InputError.at("--blocks", None, None, f"at most {MAX_BLOCKS} blocks (int32 heights)")
     price_series = _as_series(prices, read_prices)
     count_series = _as_series(chain_stats, read_chain_stats)
-    tmap = build_time_map(count_series)
+    fetched = None
+    if headers is not None and len(headers):
+        from gpu_engine.data.blocks.headers import HEADER_DTYPE, run_anchors
+        fetched = np.asarray(headers)
+        if fetched.dtype != HEADER_DTYPE:
+            raise ValueError(f"headers: dtype {fetched.dtype} is not HEADER_DTYPE")
+        if np.any(np.diff(fetched["height"]) <= 0):
+            raise ValueError("headers: heights must be sorted and unique")
+    tmap = build_time_map(count_series, fetched=run_anchors(fetched) if fetched is not None else ())
 
     built_at = _time.time()
     if n_blocks is not None:
@@ -206,6 +242,9 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
         if n <= 0:
             raise InputError.at(until_flag, None, None, f"{until} is before the genesis block")
         length_rule = f"until end of UTC day {until} (time < {end})"
+    elif fetched is not None:
+        n = int(fetched["height"][-1]) + 1
+        length_rule = f"every height up to the highest fetched one, {n - 1}"
     else:
         ref = built_at if now is None else float(now)
         n = tmap.count_before(ref)
@@ -216,6 +255,12 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
 
     heights = np.arange(n, dtype=np.int64)
     times = tmap(heights)
+    real = np.zeros(n, dtype=bool)
+    if fetched is not None:
+        fetched = fetched[fetched["height"] < n]
+        fh = fetched["height"].astype(np.int64)
+        times[fh] = fetched["time"]
+        real[fh] = True
     sub = subsidy_sat(heights)
     sup = supply_sat(heights)
     s2f = stock_to_flow(sup, sub)
@@ -232,6 +277,12 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
     arr["fair_s2f"] = fair_s2f(s2f)
     arr["price"] = price
     arr["price_source"] = source
+    arr["time_source"] = real.astype(np.uint8)
+    from gpu_engine.data.blocks.headers import FLOW_FIELDS
+    for name, unknown in FLOW_FIELDS.items():
+        arr[name] = unknown
+        if fetched is not None and len(fetched):
+            arr[name][fh] = fetched[name]
 
     tm_info = tmap.info
     tm_info["real_time_heights"] = {
@@ -254,6 +305,19 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
         "power_law": POWER_LAW,
         "s2f_model": S2F_MODEL,
         "price": price_info,
+        "time_source": {"1": "real: the block header's timestamp (fetched)", "0": "modelled: the time map",
+                        "real_blocks": int(real.sum())},
+        "block_flow_fields": {
+            "median_time": "median time past from the header, -1 unknown",
+            "difficulty": "difficulty from the header's bits, NaN unknown",
+            "tx_count": "transactions incl. coinbase, -1 unknown",
+            "size_bytes": "block size with witness, bytes, -1 unknown",
+            "weight_wu": "block weight, WU, -1 unknown",
+            "fees_sat": "total fees, satoshi, -1 unknown",
+            "known": {k: int((arr[k] >= 0).sum()) if k != "difficulty" else int(np.isfinite(arr[k]).sum())
+                      for k in FLOW_FIELDS},
+        },
+        "headers": headers_info,
         "build": {
             "time_utc": datetime.fromtimestamp(built_at, timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(_time.perf_counter() - t_start, 3),
@@ -365,8 +429,26 @@ def write(path, arr, meta, *, overwrite: bool = False) -> Path:
     return p
 
 
+def upgrade(arr) -> np.ndarray:
+    """A schema 1 array (BLOCK_DTYPE_V1) as BLOCK_DTYPE, in memory and read-only: every block
+    modelled (`time_source` 0), the block-flow fields unknown."""
+    from gpu_engine.data.blocks.headers import FLOW_FIELDS
+
+    out = np.empty(len(arr), dtype=BLOCK_DTYPE)
+    for name in BLOCK_DTYPE_V1.names:
+        out[name] = arr[name]
+    out["time_source"] = 0
+    for name, unknown in FLOW_FIELDS.items():
+        out[name] = unknown
+    out.flags.writeable = False
+    return out
+
+
 def load(path) -> np.ndarray:
-    """Memory-map a written dataset (read-only). Missing/foreign file -> InputError."""
+    """Memory-map a written dataset (read-only). Missing/foreign file -> InputError.
+
+    A schema 1 dataset (written before real block headers) loads converted in memory (`upgrade`).
+    """
     if Path(path).is_dir():
         raise InputError.at(path, None, None, "is a directory, not a block dataset (.npy)")
     try:
@@ -376,8 +458,12 @@ def load(path) -> np.ndarray:
     except ValueError:
         raise InputError.at(path, None, None, "not a block dataset: not a NumPy .npy array file "
                             "(build one with `python -m gpu_engine.data blocks`)") from None
+    if arr.ndim == 1 and arr.dtype == BLOCK_DTYPE_V1:
+        return upgrade(arr)
     if arr.dtype != BLOCK_DTYPE or arr.ndim != 1:
-        raise InputError.at(path, None, None, f"not a block dataset (dtype {arr.dtype})")
+        raise InputError.at(path, None, None, f"not a block dataset of schema {SCHEMA_VERSION} or 1 "
+                            f"(dtype {arr.dtype}); "
+                            "rebuild it with `python -m gpu_engine.data blocks --overwrite`")
     return arr
 
 
@@ -391,16 +477,45 @@ def load_meta(path) -> dict:
 
 # ---------------------------------------------------------------- lookups
 
-_SMALL_QUERY = 32  # below this many times, bisect the (strided) time column instead of copying it
+_SMALL_QUERY = 32  # below this many query times, bisect the block times one by one
+
+
+_ENVELOPES: dict = {}  # id(blocks) -> (weakref to blocks, signature, running max of its times)
+
+
+def known_times(blocks) -> np.ndarray:
+    """Running maximum of the block times: when a block and every block before it exist.
+
+    Equal to `blocks["time"]` for modelled times (non-decreasing); real header times are not
+    monotone. Cached per array (the dataset is read-only once loaded).
+    """
+    import weakref
+
+    times = blocks["time"]
+    n = len(times)
+    sig = (n, int(times[0]), int(times[-1])) if n else (0,)
+    key = id(blocks)
+    hit = _ENVELOPES.get(key)
+    if hit is not None and hit[0]() is blocks and hit[1] == sig:
+        return hit[2]
+    env = np.maximum.accumulate(np.asarray(times, dtype=np.int64))
+    try:
+        ref = weakref.ref(blocks, lambda _r, k=key: _ENVELOPES.pop(k, None))
+    except TypeError:
+        return env
+    _ENVELOPES[key] = (ref, sig, env)
+    return env
 
 
 def height_at(blocks, unix_time):
-    """Height of the latest block with time <= unix_time (vectorised; -1 before genesis).
+    """Height of the last block of the longest prefix of the chain whose times are all <= unix_time
+    (vectorised; -1 before genesis). With non-decreasing (modelled) times that is the latest
+    block with time <= unix_time; real header times are not monotone (see `known_times`).
 
     Times past the tip give the tip's height (no extrapolation). Returns an int64 scalar for a
     scalar input, else an int64 array of the input's shape.
     """
-    times = blocks["time"]
+    times = known_times(blocks)
     t = np.asarray(unix_time)
     if t.size < _SMALL_QUERY:
         flat = [bisect.bisect_right(times, v) - 1 for v in t.ravel().tolist()]
@@ -473,6 +588,23 @@ def summary(blocks, meta) -> str:
         lines.append(f"power law vs real prices (log-log): R^2 {fit['r2_model']:.4f} for the fixed model; "
                      f"OLS refit R^2 {fit['r2_refit']:.4f} (n={fit['refit_n']:.3f}, "
                      f"log10 A={fit['refit_log10A']:.3f})")
+    if "time_source" in (blocks.dtype.names or ()):
+        ts = np.asarray(blocks["time_source"]) == 1
+        if ts.any():
+            from gpu_engine.data.blocks.headers import runs
+            rr = runs(np.nonzero(ts)[0])
+            shown = ", ".join(f"{a:,}..{b:,}" if a != b else f"{a:,}" for a, b in rr[:6])
+            more = f" and {len(rr) - 6} more runs" if len(rr) > 6 else ""
+            src = (meta.get("headers") or {}).get("source", "fetched headers")
+            lines.append(f"real header times: {int(ts.sum()):,} blocks (heights {shown}{more}) from {src}; "
+                         f"modelled elsewhere ({n - int(ts.sum()):,} blocks)")
+            fees = np.asarray(blocks["fees_sat"]) >= 0
+            txs = np.asarray(blocks["tx_count"]) >= 0
+            lines.append(f"block flow: tx counts for {int(txs.sum()):,} blocks, fees for {int(fees.sum()):,}"
+                         + (f" (total {int(np.asarray(blocks['fees_sat'])[fees].sum()) / COIN:,.8f} BTC)"
+                            if fees.any() else "") + "; -1 / NaN where unknown")
+        else:
+            lines.append("real header times: none (every time from the time map; fetch headers with --source)")
     tm = meta.get("time_map")
     if tm:
         counts = tm.get("daily_counts") or []
@@ -487,10 +619,16 @@ def summary(blocks, meta) -> str:
 
 # ---------------------------------------------------------------- CLI
 
+SOURCE_KINDS = ("core-rpc", "esplora")
+_SOURCE_ONLY = ("from_height", "to_height", "rpc_cookie", "batch", "concurrency", "poll_s", "max_polls")
+
+
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "blocks", help="build the per-block Bitcoin dataset (or print the summary of one)",
-        description="Build data/blocks.npy (+ .json sidecar): issuance, time map, fair values, price per block.")
+        description="Build data/blocks.npy (+ .json sidecar): issuance, time map, fair values, price per block; "
+                    "with --source, real block headers (times, fees, tx counts) from a Bitcoin Core node or "
+                    "an Esplora server.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--blocks", type=int, metavar="N", help="number of blocks (heights 0..N-1)")
     g.add_argument("--until", metavar="YYYY-MM-DD", help="every block up to the end of this UTC day")
@@ -504,12 +642,72 @@ def add_cli(subparsers) -> None:
                    help="replace an existing block dataset at --out (never anything else)")
     p.add_argument("--summary", nargs="?", const=True, default=None, metavar="PATH",
                    help="only print the summary of an existing dataset (PATH, default --out)")
+    h = p.add_argument_group("real block headers")
+    h.add_argument("--source", nargs=2, metavar=("KIND", "URL"), default=None,
+                   help="fetch block headers from KIND core-rpc (a Bitcoin Core node's JSON-RPC URL) or esplora "
+                        "(an Esplora API base URL, e.g. .../api); the header table is kept beside --out as "
+                        "<stem>.headers/ and reused (an interrupted fetch resumes)")
+    h.add_argument("--rpc-cookie", metavar="PATH",
+                   help="Bitcoin Core cookie file (__cookie__:password); else user:password@ in the URL, "
+                        "BITCOIN_RPC_USER/BITCOIN_RPC_PASSWORD or BITCOIN_RPC_COOKIE")
+    h.add_argument("--from-height", type=int, default=None, metavar="H", help="first height to fetch (default 0)")
+    h.add_argument("--to-height", type=int, default=None, metavar="H",
+                   help="last height to fetch (default: the source's tip)")
+    h.add_argument("--follow", action="store_true",
+                   help="after the fetch, poll the source and append new blocks (a reorg replaces the "
+                        "abandoned blocks), rewriting the dataset after each change; Ctrl-C stops")
+    h.add_argument("--poll-s", type=float, default=None, metavar="S", help="--follow: seconds between polls "
+                   "(default 30)")
+    h.add_argument("--max-polls", type=int, default=None, metavar="N",
+                   help="--follow: stop after N polls (default: until Ctrl-C)")
+    h.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="heights per request batch (default 100)")
+    h.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="batches in flight at once (default 4)")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli)
+
+
+def _check_source_args(args) -> None:
+    given = [f"--{n.replace('_', '-')}" for n in _SOURCE_ONLY if getattr(args, n) is not None]
+    if args.follow:
+        given.append("--follow")
+    if args.source is None:
+        if given:
+            raise InputError.at(given[0], None, None, "needs --source KIND URL")
+        return
+    kind, _url = args.source
+    if kind not in SOURCE_KINDS:
+        raise InputError.at("--source", None, None, f"unknown kind {kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+    if args.rpc_cookie is not None and kind != "core-rpc":
+        raise InputError.at("--rpc-cookie", None, None, "only with --source core-rpc")
+    for flag, v in (("--from-height", args.from_height), ("--to-height", args.to_height)):
+        if v is not None and not 0 <= v <= MAX_BLOCKS - 1:
+            raise InputError.at(flag, None, None, f"must be a height >= 0, got {v}")
+    if args.from_height is not None and args.to_height is not None and args.from_height > args.to_height:
+        raise InputError.at("--from-height", None, None, f"{args.from_height} is above --to-height {args.to_height}")
+    if args.batch is not None and not 1 <= args.batch <= 1000:
+        raise InputError.at("--batch", None, None, f"must be 1..1000, got {args.batch}")
+    if args.concurrency is not None and not 1 <= args.concurrency <= 32:
+        raise InputError.at("--concurrency", None, None, f"must be 1..32, got {args.concurrency}")
+    if args.follow:
+        for flag, v in (("--to-height", args.to_height), ("--blocks", args.blocks), ("--until", args.until)):
+            if v is not None:
+                raise InputError.at(flag, None, None, "--follow follows the tip; give no " + flag)
+    else:
+        for flag in ("--poll-s", "--max-polls"):
+            if getattr(args, flag[2:].replace("-", "_")) is not None:
+                raise InputError.at(flag, None, None, "only with --follow")
+    if args.poll_s is not None and not args.poll_s > 0:
+        raise InputError.at("--poll-s", None, None, f"must be > 0, got {args.poll_s}")
+    if args.max_polls is not None and args.max_polls < 1:
+        raise InputError.at("--max-polls", None, None, f"must be >= 1, got {args.max_polls}")
 
 
 def _cli(args) -> int:
     if args.summary is not None:
-        if args.blocks is not None or args.until or args.prices or args.chain_stats or args.seed is not None:
+        if (args.blocks is not None or args.until or args.prices or args.chain_stats or args.seed is not None
+                or args.source is not None):
             raise InputError.at("--summary", None, None, "prints an existing dataset; give no build options")
         path = args.out if args.summary is True else args.summary
         if Path(path).is_dir():
@@ -522,15 +720,89 @@ def _cli(args) -> int:
         return 0
     if args.seed is not None and args.seed < 0:
         raise InputError.at("--seed", None, None, f"must be a non-negative integer, got {args.seed}")
+    _check_source_args(args)
     inputs = [("--prices", q) for q in args.prices] + [("--chain-stats", q) for q in args.chain_stats]
     for flag, q in inputs:
         if Path(q).is_dir():
             raise InputError.at(q, None, flag, "is a directory, not a CSV file")
+    if args.rpc_cookie is not None:
+        inputs.append(("--rpc-cookie", args.rpc_cookie))
     claim(args.out, overwrite=args.overwrite, inputs=inputs)  # before any work
+    seed = 0 if args.seed is None else args.seed
+    if args.source is not None:
+        return _cli_source(args, seed, inputs)
     arr, meta = build(n_blocks=args.blocks, until=args.until, prices=args.prices, chain_stats=args.chain_stats,
-                      seed=0 if args.seed is None else args.seed)
+                      seed=seed)
     out = write(args.out, arr, meta, overwrite=args.overwrite)
     print(f"wrote {out} ({len(arr):,} blocks, {out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out)} "
           f"in {meta['build']['seconds']:.2f} s build")
     print(summary(arr, load_meta(out)))
+    return 0
+
+
+def _cli_source(args, seed: int, inputs) -> int:
+    """`blocks --source KIND URL ...`: fetch headers into the table beside --out, build, write, follow."""
+    from gpu_engine.data.blocks import fetch as F
+    from gpu_engine.data.blocks import headers as H
+    from gpu_engine.data.blocks.remote import Unreachable
+
+    table_path = H.store_path(args.out)
+    H.check_claim(table_path)
+    for flag, q in inputs:
+        if q is not None and Path(q).absolute().resolve() == table_path.absolute().resolve():
+            raise InputError(f"{table_path}: --out: the header table's path is this command's input {flag} {q}")
+    kind, url = args.source
+    batch = args.batch or F.DEFAULT_BATCH
+    conc = args.concurrency or F.DEFAULT_CONCURRENCY
+    prices = [read_prices(q) for q in args.prices]  # unusable files refused before any fetching
+    counts = [read_chain_stats(q) for q in args.chain_stats]
+    source = F.open_source(kind, url, args.rpc_cookie, concurrency=conc)
+    try:
+        genesis = source.check_chain()
+        tip, _ = source.tip()
+        lo = args.from_height or 0
+        hi = tip if args.to_height is None else args.to_height
+        if hi > tip:
+            raise InputError.at("--to-height", None, None, f"{hi} is past the source's tip {tip}")
+        if lo > hi:
+            raise InputError.at("--from-height", None, None, f"{lo} is past the source's tip {tip}")
+        with H.HeaderStore.open(table_path, genesis, f"{kind} {source.label}") as store:
+            try:
+                stats = F.sync(source, store, lo, hi, batch=batch, concurrency=conc, progress=not args.quiet)
+            except BaseException:
+                store.discard_if_empty()  # a first fetch that got nothing leaves nothing behind
+                raise
+            store.compact()
+            print(stats.line(source.label), flush=True)
+
+            def rebuild(overwrite: bool):
+                info = {"source": f"{kind} {source.label}", "genesis_hash": genesis,
+                        "tip_height": store.top(), "tip_hash": H.hash_hex(store.rows["hash"][-1]),
+                        "table": store.describe()}
+                arr, meta = build(n_blocks=args.blocks, until=args.until, prices=prices, chain_stats=counts,
+                                  seed=seed, headers=store.rows, headers_info=info)
+                return arr, write(args.out, arr, meta, overwrite=overwrite)
+
+            arr, out = rebuild(args.overwrite)
+            print(f"wrote {out} ({len(arr):,} blocks, {out.stat().st_size / 1e6:.1f} MB), {sidecar_path(out)} "
+                  f"and the header table {table_path}")
+            print(summary(arr, load_meta(out)), flush=True)
+            if args.follow:
+                poll_s = 30.0 if args.poll_s is None else args.poll_s
+                polls = 0
+                while args.max_polls is None or polls < args.max_polls:
+                    _time.sleep(poll_s)
+                    polls += 1
+                    try:
+                        res = F.poll_once(source, store, batch=batch, concurrency=conc)
+                    except Unreachable as exc:  # a node restarting, a network hiccup: poll again later
+                        source.stop.clear()
+                        sys.stderr.write(f"warning: poll {polls}: {exc}; polling again in {poll_s:g} s\n")
+                        sys.stderr.flush()
+                        continue
+                    if res.changed:
+                        arr, out = rebuild(True)
+                        print(f"{res.line()}; wrote {out} ({len(arr):,} blocks)", flush=True)
+    finally:
+        source.close()
     return 0

@@ -103,14 +103,20 @@ def real_coverage(stamps: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def block_prices(times: np.ndarray, heights: np.ndarray, log_pl: np.ndarray, prices: list[DailySeries],
                  seed: int, log_pl_fn) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(price float64, price_source uint8, info) for blocks at `times` (non-decreasing)."""
+    """(price float64, price_source uint8, info) for blocks at `times` (in height order).
+
+    Real header times are not monotone in height; every interpolation over the block times
+    uses their running maximum (the time by which a block and all before it exist), and the
+    synthetic grid spans up to the latest time.
+    """
     tf = times.astype(np.float64)
     hf = heights.astype(np.float64)
-    grid, x = synthetic_deviation(tf[0], tf[-1], seed)
+    env = np.maximum.accumulate(tf)
+    grid, x = synthetic_deviation(tf[0], env[-1], seed)
     log_syn = log_pl + cycle_term(heights) + np.interp(tf, grid, x)
 
     def log_syn_at(t):  # synthetic log price at arbitrary times (fractional height for the cycle)
-        return log_pl_fn(t) + cycle_term(np.interp(t, tf, hf)) + np.interp(t, grid, x)
+        return log_pl_fn(t) + cycle_term(np.interp(t, env, hf)) + np.interp(t, grid, x)
 
     source = np.zeros(times.size, dtype=np.uint8)
     info = {"synthetic": {"model": "ln P = ln PL(t) + cycle(h) + X(t) + join(t) (see gpu_engine/data/blocks/price.py)",

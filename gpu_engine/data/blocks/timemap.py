@@ -19,6 +19,13 @@ The map is piecewise linear in height between anchors (height, unix time):
   the anchor map at its first day (then reconciled as above if an exact anchor lies inside
   it; a short span with no exact anchor inherits the anchor map's error at its start);
   where several count files cover a day, the first file given wins;
+* fetched block headers (`python -m gpu_engine.data blocks --source ...`): the dataset takes
+  the real header time of every fetched block; the map only fills the heights in between.
+  Each run of fetched heights contributes two anchors that win over every other kind: its
+  first height at the run's earliest header time and its last height at the run's latest
+  (`headers.run_anchors`), so the modelled times next to a run join it without running
+  backwards past a real block. Anchors inside a run, or that would not increase strictly
+  against these, are dropped;
 * past the last anchor: extrapolated at the mean spacing between the last anchor and the
   latest anchor at least 50,000 blocks before it ("recent mean spacing").
 
@@ -163,7 +170,37 @@ def _clean(points):
     return arr[:, 1], arr[:, 0]
 
 
-def build_time_map(chain_stats: list[DailySeries] = ()) -> TimeMap:
+def _with_fetched(heights, times, fetched):
+    """Anchors (heights, times) merged with the fetched runs' anchors, which win (see the module doc)."""
+    fh, ft = [], []
+    for a, ta, b, tb in sorted(fetched):
+        fh.append(float(a)); ft.append(float(ta))
+        if b > a:
+            fh.append(float(b)); ft.append(float(max(tb, ta + 1)))
+    fh, ft = np.asarray(fh), np.asarray(ft)
+    # the fetched anchors themselves: strictly increasing in both (drop a run end that is not)
+    keep = [0]
+    for i in range(1, fh.size):
+        if fh[i] > fh[keep[-1]] and ft[i] > ft[keep[-1]]:
+            keep.append(i)
+    fh, ft = fh[keep], ft[keep]
+    ok = np.ones(heights.size, dtype=bool)
+    for a, _, b, _ in fetched:
+        ok &= ~((heights >= a) & (heights <= b))
+    j = np.searchsorted(fh, heights)  # fetched anchors above each base anchor
+    below_ok = (j == 0) | (ft[np.maximum(j - 1, 0)] < times)
+    above_ok = (j == fh.size) | (ft[np.minimum(j, fh.size - 1)] > times)
+    exact_h = fh[np.minimum(j, fh.size - 1)] == heights
+    ok &= below_ok & above_ok & ~exact_h
+    h = np.concatenate([heights[ok], fh])
+    t = np.concatenate([times[ok], ft])
+    order = np.argsort(h, kind="stable")
+    return h[order], t[order], int((~ok).sum())
+
+
+def build_time_map(chain_stats: list[DailySeries] = (), fetched=()) -> TimeMap:
+    """The height -> time map. `fetched`: (first height, earliest time, last height, latest time)
+    per run of fetched headers (`headers.run_anchors`); they win over every other anchor."""
     exact_h = np.array([a[0] for a in EXACT_ANCHORS], dtype=np.float64)
     exact_t = np.array([a[1] for a in EXACT_ANCHORS], dtype=np.float64)
     day_h = np.array([a[0] for a in DAY_ANCHORS], dtype=np.float64)
@@ -184,6 +221,10 @@ def build_time_map(chain_stats: list[DailySeries] = ()) -> TimeMap:
         points.extend(zip(t_b.tolist(), h_b.tolist(), [False] * t_b.size))
     points.sort(key=lambda p: (p[0], not p[2]))
     heights, times = _clean(points)
+    dropped_for_fetched = 0
+    fetched = list(fetched)
+    if fetched:
+        heights, times, dropped_for_fetched = _with_fetched(heights, times, fetched)
 
     last_h, last_t = heights[-1], times[-1]
     prev = np.nonzero(heights <= last_h - EXTRAPOLATION_MIN_BLOCKS)[0]
@@ -202,4 +243,12 @@ def build_time_map(chain_stats: list[DailySeries] = ()) -> TimeMap:
                                   "blocks before the last one"},
         "anchor_count": int(heights.size),
     }
+    if fetched:
+        info["fetched_runs"] = {
+            "runs": len(fetched),
+            "rule": "each run of fetched heights anchors the map at (first height, earliest header time of the "
+                    "run) and (last height, latest header time); other anchors inside a run or not strictly "
+                    "increasing against these are dropped",
+            "anchors_dropped": dropped_for_fetched,
+        }
     return TimeMap(heights, times, spacing, info)

@@ -47,6 +47,9 @@ FORMATS: dict[str, Reader | str] = {
     "okx-jsonl": "gpu_engine.data.books.feeds.okx:read",
     "lobster": "gpu_engine.data.books.feeds.lobster:read",
     "tardis-csv": "gpu_engine.data.books.feeds.tardis:read",
+    "bybit": "gpu_engine.data.books.feeds.bybit:read",
+    "hyperliquid": "gpu_engine.data.books.feeds.hyperliquid:read",
+    "binance-archive": "gpu_engine.data.books.feeds.binance_archive:read",
 }
 
 SUMMARY_COUNTERS = (

@@ -4,18 +4,21 @@ The importer reads a few lines of each input before any work (`mismatch`) and re
 file that is recognisably something else than the `--format` asked for, naming the file,
 the line, what it looks like and the formats that exist:
 
-    FILE:LINE: not a binance-jsonl message (looks like a Bybit v5 message, which no
-    --format reads); --format choices: binance-jsonl, coinbase-jsonl, ...
+    FILE:LINE: not a binance-jsonl message (looks like a Bybit v5 message in a bare JSON
+    line without a receive stamp: try --format bybit); --format choices: binance-jsonl, ...
 
 Recognised messages (`identify(obj)`): the formats this package reads (binance-jsonl:
 a combined-stream envelope `{"stream", "data"}`, a bare event `{"e": "depthUpdate" ...}` or
 a REST snapshot `{"lastUpdateId", ...}`; coinbase-jsonl: `{"type": "snapshot" |
 "l2update" | "match" ...}` or Advanced Trade `{"channel": "l2_data" ...}`; okx-jsonl:
-`{"arg": {"channel", "instId"}, ...}` or `{"event": ...}`) and two it does not (Bybit v5
-`{"topic": "orderbook.50.BTCUSDT", ...}`, Hyperliquid `{"channel": "l2Book", "data":
-{"coin", ...}}`). Line shapes (`split_shape`): `<local_ts> <json>` (hftbacktest, what
-binance-jsonl reads), `<seconds>: <json>` (cryptofeed, what coinbase-jsonl and okx-jsonl
-read), bare JSON, or text (CSV: lobster, tardis-csv).
+`{"arg": {"channel", "instId"}, ...}` or `{"event": ...}`; bybit: `{"topic":
+"orderbook.50.BTCUSDT", ...}` (v5, or v2 `orderBookL2_25.*`); hyperliquid: `{"channel":
+"l2Book", "data": {"coin", ...}}`; these two read any line shape). Line shapes
+(`split_shape`): `<local_ts> <json>` (hftbacktest, what binance-jsonl reads), `<seconds>:
+<json>` (cryptofeed, what coinbase-jsonl and okx-jsonl read), bare JSON, or text (CSV:
+lobster, tardis-csv, binance-archive). A Binance archive CSV (data.binance.vision
+trades/aggTrades/bookTicker, in its zip or extracted) is recognised by its first row
+(`binance_archive_kind`) and refused for any other --format.
 
 Only a line that is decisive refuses a file: JSON that parses and is either recognisably of
 another format, or of this format in the wrong line shape. Anything unrecognised is left
@@ -39,6 +42,9 @@ EXPECTED_SHAPE = {
     "okx-jsonl": "cryptofeed",
     "lobster": "csv",
     "tardis-csv": "csv",
+    "bybit": "any",         # feeds/mixed.py: stamped, cryptofeed or bare JSON lines
+    "hyperliquid": "any",
+    "binance-archive": "csv",
 }
 SHAPE_NAMES = {
     "stamped": "a `<local_ts> <json>` line (hftbacktest capture)",
@@ -46,9 +52,9 @@ SHAPE_NAMES = {
     "json": "a bare JSON line without a receive stamp",
     "csv": "a CSV line",
 }
-FOREIGN = {
-    "bybit": "a Bybit v5 message, which no --format reads",
-    "hyperliquid": "a Hyperliquid message, which no --format reads",
+FOREIGN = {  # how the messages of these formats are named in refusals
+    "bybit": "a Bybit v5 message",
+    "hyperliquid": "a Hyperliquid message",
 }
 
 _STAMPED = re.compile(rb"^\s*-?\d+ (?=\s*[\[{])")
@@ -118,6 +124,9 @@ def describe(obj) -> str:
     if who is None:
         keys = ", ".join(repr(k) for k in list(obj)[:4]) if isinstance(obj, dict) else type(obj).__name__
         return f"an unknown JSON message ({keys})"
+    if who == "bybit" and str(obj.get("topic", "")).startswith(("orderBookL2_", "orderBook_", "trade.",
+                                                                 "instrument_info.", "klineV2.")):
+        return "a Bybit v2 message"
     return FOREIGN.get(who) or f"{article(who)} message"
 
 
@@ -149,13 +158,33 @@ def _looks(fmt: str, shape: str, obj) -> str | None:
         return f"JSON ({describe(obj)}) in {SHAPE_NAMES[shape]}"
     if who is None:
         return None
-    if who in FOREIGN:
-        return f"{FOREIGN[who]}, in {SHAPE_NAMES[shape]}"
     if who != fmt:
-        return f"{article(who)} message in {SHAPE_NAMES[shape]}: try --format {who}"
-    if shape != want:
+        return f"{describe(obj)} in {SHAPE_NAMES[shape]}: try --format {who}"
+    if shape != want and want != "any":
         return f"{article(fmt)} message in {SHAPE_NAMES[shape]}; {fmt} reads {SHAPE_NAMES[want]}"
     return ""
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def binance_archive_kind(path: Path) -> str | None:
+    """'a Binance archive trades CSV (in a zip)' when `path` is a data.binance.vision CSV, zipped
+    or extracted (`feeds/binance_archive.classify` on its first row), else None."""
+    from gpu_engine.data.books.feeds import binance_archive
+
+    try:
+        hit = binance_archive.classify(binance_archive.first_row(path))
+    except (InputError, OSError):
+        return None
+    if hit is None:
+        return None
+    return f"a Binance archive {hit[0]} CSV" + (" (in a zip)" if _is_zip(path) else "")
 
 
 def mismatch(paths, fmt: str, choices) -> str | None:
@@ -165,6 +194,14 @@ def mismatch(paths, fmt: str, choices) -> str | None:
     if fmt not in EXPECTED_SHAPE:
         return None  # a format registered elsewhere (tests, plugins): its reader decides
     for path in map(Path, paths):
+        archive = binance_archive_kind(path)
+        if archive is not None:
+            if fmt == "binance-archive":
+                continue
+            return (f"{path}:1: not {article(fmt)} file (looks like {archive}: try --format binance-archive); "
+                    f"--format choices: {', '.join(choices)}")
+        if fmt == "binance-archive" and _is_zip(path):
+            continue  # a zip, but not of an archive CSV: the reader says what it holds
         seen = 0
         try:
             for lineno, line in iter_lines(path, ImportReport()):

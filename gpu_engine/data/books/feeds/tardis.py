@@ -1,4 +1,4 @@
-"""Tardis.dev CSV reader: incremental_book_L2, book_snapshot_N and trades files -> rows.
+"""Tardis.dev CSV reader: incremental_book_L2, book_snapshot_N, quotes and trades files -> rows.
 
 Columns (docs.tardis.dev/downloadable-csv-files/data-types); the
 kind of each file is recognised from its header row; `.gz` files are read as gzip:
@@ -6,6 +6,8 @@ kind of each file is recognised from its header row; `.gz` files are read as gzi
   incremental_book_L2  exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount
   book_snapshot_N      exchange,symbol,timestamp,local_timestamp,asks[0].price,asks[0].amount,
                        bids[0].price,bids[0].amount,... (level 0 best; empty = no level)
+  quotes, book_ticker  exchange,symbol,timestamp,local_timestamp,ask_amount,ask_price,bid_price,bid_amount
+                       (top of book: a level-1 row; empty = no level)
   trades               exchange,symbol,timestamp,local_timestamp,id,side,price,amount
 
 Timestamps are microseconds since the epoch (UTC); `timestamp` is the exchange time (the
@@ -48,6 +50,7 @@ TS_JITTER_NS = 1_000_000_000  # exchange time may step back this much without be
 INCREMENTAL = ("exchange", "symbol", "timestamp", "local_timestamp", "is_snapshot", "side", "price", "amount")
 TRADES = ("exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount")
 SNAPSHOT_HEAD = ("exchange", "symbol", "timestamp", "local_timestamp")
+QUOTES = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_amount", "ask_price", "bid_price", "bid_amount")
 
 
 def _header(path: Path) -> list[str]:
@@ -99,8 +102,11 @@ def _kind(path: Path) -> tuple[str, list[str], int]:
     if "id" in cols or "side" in cols:
         need(TRADES)
         return "trades", header, 0
+    if "ask_price" in cols or "bid_price" in cols:
+        need(QUOTES)
+        return "quotes", header, 1
     raise InputError.at(path, 1, None, "unknown Tardis CSV header (expected incremental_book_L2, "
-                        "book_snapshot_N or trades columns): " + ",".join(header[:8]))
+                        "book_snapshot_N, quotes or trades columns): " + ",".join(header[:8]))
 
 
 def _micros(text: str) -> int:
@@ -297,6 +303,51 @@ def _read_snapshots(path, header, levels, depth, pick, report, clock) -> Iterato
         yield BookRow(ts, -1, bp, ap, bs, as_, local, pick.want)
 
 
+def _read_quotes(path, header, depth, pick, report, clock) -> Iterator[BookRow]:
+    """quotes / book_ticker: the top of the book as a level-1 row (deeper levels absent)."""
+    i_sym, i_ts, i_local, i_ap, i_aa, i_bp, i_ba = (header.index(k) for k in (
+        "symbol", "timestamp", "local_timestamp", "ask_price", "ask_amount", "bid_price", "bid_amount"))
+
+    def level(p, a):
+        if p == "" and a == "":
+            return math.nan, 0.0
+        p, a = float(p), float(a)
+        if not (math.isfinite(p) and math.isfinite(a)):
+            raise ValueError("non-finite")
+        if a < 0:
+            raise OverflowError
+        return (p, a) if a > 0 else (math.nan, 0.0)
+
+    for line, f in _rows(path, report):
+        if f is None:
+            break
+        report.messages += 1
+        try:
+            if not pick.keep(f, i_sym, path, line):
+                continue
+            local = _micros(f[i_local])
+            ts = _micros(f[i_ts]) if f[i_ts] else local
+            ask_px, ask_sz = level(f[i_ap], f[i_aa])
+            bid_px, bid_sz = level(f[i_bp], f[i_ba])
+        except OverflowError:
+            report.negative_sizes += 1
+            continue
+        except (ValueError, IndexError):
+            report.bad_lines += 1
+            continue
+        if bid_sz > 0 and ask_sz > 0 and bid_px >= ask_px:
+            report.crossed += 1
+            continue
+        ts = clock(ts)
+        if ts is None:
+            continue
+        report.see_ts(ts)
+        bp, bs = np.full(depth, np.nan), np.zeros(depth)
+        ap, as_ = np.full(depth, np.nan), np.zeros(depth)
+        bp[0], bs[0], ap[0], as_[0] = bid_px, bid_sz, ask_px, ask_sz
+        yield BookRow(ts, -1, bp, ap, bs, as_, local, pick.want)
+
+
 def _read_trades(path, header, pick, report, clock) -> Iterator[TradeRow]:
     i_sym, i_ts, i_local, i_side, i_px, i_amt = (header.index(k) for k in (
         "symbol", "timestamp", "local_timestamp", "side", "price", "amount"))
@@ -351,8 +402,10 @@ def read(paths: list[Path], depth: int, symbol: str | None,
     files.sort(key=lambda t: (t[0], str(t[2])))
     book_kinds = {f[1] for f in files if f[1] != "trades"}
     if len(book_kinds) > 1:
-        raise InputError.at(files[0][2], None, None, "mix of incremental_book_L2 and book_snapshot "
-                            "files: import one kind of book at a time")
+        raise InputError.at(files[0][2], None, None, "mix of " + " and ".join(
+                            n for k, n in (("incremental", "incremental_book_L2"), ("snapshot", "book_snapshot"),
+                                           ("quotes", "quotes")) if k in book_kinds) + " book "
+                            "files (incremental_book_L2, book_snapshot_N, quotes): import one kind of book at a time")
     pick = _Symbol(symbol, report)
     book_clock, trade_clock = _Clock(report), _Clock(report)
 
@@ -362,6 +415,8 @@ def read(paths: list[Path], depth: int, symbol: str | None,
                 yield from _read_incremental(p, header, depth, pick, report, book_clock)
             elif kind == "snapshot":
                 yield from _read_snapshots(p, header, levels, depth, pick, report, book_clock)
+            elif kind == "quotes":
+                yield from _read_quotes(p, header, depth, pick, report, book_clock)
 
     def trades():
         for _, kind, p, header, _levels in files:
