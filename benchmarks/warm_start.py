@@ -4,8 +4,11 @@
 
 Runs `python -m sweeps.optimize` (the README's main job, with fewer trials: the trial count
 does not change the startup) in fresh processes against a fresh cache folder: the first run
-compiles the kernel and builds the feature bank (cold), the next ones are the same command run
-again (warm: the study resumes or, when complete, re-evaluates out of sample). Each process
+compiles the kernel and builds the feature bank (cold), the next ones run the same search with
+other seeds (warm: each is a second process's first sweep, with the kernel and the bank cached;
+a search runs its first kernel before anything else of note, while the same command run again on
+a complete study first re-reads its cube, and its first kernel is the out-of-sample re-evaluation
+at the end). Each process
 prints `startup: the first kernel ran X s after the process began`; this script collects
 those lines and the wall times. The default data is generated once beforehand (not timed).
 """
@@ -25,9 +28,9 @@ STARTUP = re.compile(r"startup: the first kernel ran ([0-9.]+) s after the proce
                      r"\(inputs ready at ([0-9.]+) s, kernel loaded in ([0-9.]+) s\)")
 
 
-def run_once(workdir: Path, env: dict, trials: int, tag: str) -> dict:
+def run_once(workdir: Path, env: dict, trials: int, tag: str, seed: int = 0) -> dict:
     cmd = [sys.executable, "-m", "sweeps.optimize", "--trials", str(trials), "--batch", str(trials),
-           "--device", "cpu", "--no-html", "--no-progress",
+           "--device", "cpu", "--no-html", "--no-progress", "--seed", str(seed),
            "--out", str(workdir / f"{tag}.zarr"), "--storage", str(workdir / f"{tag}.journal")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
@@ -52,8 +55,8 @@ def main(argv=None) -> int:
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
         # generate the default data untimed: a run with the cache switched off builds it
         run_once(workdir, dict(env, GPU_ENGINE_CACHE_DIR="off"), 8, "data")
-        cold = run_once(workdir, env, args.trials, "job")
-        warm = [run_once(workdir, env, args.trials, "job") for _ in range(args.runs)]
+        cold = run_once(workdir, env, args.trials, "job0")
+        warm = [run_once(workdir, env, args.trials, f"job{i}", seed=i) for i in range(1, args.runs + 1)]
     print("| run | first kernel after (s) | inputs ready (s) | kernel load (s) | wall (s) |")
     print("|---|---:|---:|---:|---:|")
     print(f"| cold (empty cache) | {cold['first']:.2f} | {cold['ready']:.2f} | {cold['load']:.2f} | {cold['wall']:.1f} |")

@@ -164,9 +164,12 @@ def create_template(ds: xr.Dataset, path: str | Path, n_regions: int, attrs: dic
     ds = ds.copy()
     ds["region_done"] = ("region", np.zeros(n_regions, np.uint8))
     ds.attrs = jsonable({**attrs, "complete": False, "n_regions": int(n_regions)})
+    encoding = encoding_for(ds)
+    # one chunk per flag: tasks on several processes (sweeps/grid_dask.py) each write their own
+    encoding["region_done"]["chunks"] = (1,)
     try:
         ds.to_zarr(tmp, mode="w", compute=False, zarr_format=ZARR_FORMAT, consolidated=CONSOLIDATED,
-                   encoding=encoding_for(ds))
+                   encoding=encoding)
         outputs.replace_with(tmp, path)
     finally:
         outputs.remove_path(tmp)

@@ -10,6 +10,10 @@ that each region is a block of whole chunks; a template is written first
 `region_done`. Running the same command again after an interruption skips the
 finished regions, and the cube ends equal to an uninterrupted run's.
 
+`--cluster local:N` or `--scheduler tcp://HOST:PORT` runs the regions as Dask tasks
+(sweeps/grid_dask.py): each task writes its own region, a task whose worker dies is run
+again elsewhere, and the cube equals a single-process run's.
+
 An existing `--out` is checked before any data is loaded: the same sweep (same
 fingerprint: space, data, blocks, costs, split, batch) is resumed; anything
 else is refused (exit 2) unless `--overwrite`, and even then only a result cube
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from gpu_engine import outputs, results
+from gpu_engine import kernels, outputs, results
 from gpu_engine import space as space_mod
 from gpu_engine.errors import InputError
 from gpu_engine.enums import METRICS
@@ -46,6 +50,12 @@ def build_parser():
     p.add_argument("--batch", type=int, default=8192, help="configurations per region/launch (default %(default)s)")
     _common.add_overwrite_arg(p)
     p.add_argument("--no-html", action="store_true", help="do not write the report page <out>.html beside the cube")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cluster", default=None, metavar="local:N",
+                   help="run the regions as Dask tasks on a local cluster of N worker processes")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run the regions as Dask tasks on the workers of this Dask scheduler "
+                        "(every worker must see --out, --data, --blocks and --space at the same paths)")
     _common.add_data_args(p)
     return p
 
@@ -119,6 +129,10 @@ def run(args) -> int:
     _common.check_args(args)
     if args.batch < 1:
         raise InputError(f"--batch: value {args.batch!r} must be >= 1")
+    if args.cluster or args.scheduler:
+        from sweeps import grid_dask
+
+        grid_dask.check_args(args)
     space = space_mod.load(args.space)
     space_mod.feature_spec(space)  # unknown signal names
     axes = space.grid_axes()
@@ -146,6 +160,13 @@ def run(args) -> int:
     outputs.claim_output(out, "--out", kind="cube", overwrite=args.overwrite or resume,
                          inputs=inputs)
     log = (lambda *a: None) if args.no_progress else print
+    dask_client = None
+    if args.cluster or args.scheduler:
+        from sweeps import grid_dask
+
+        dask_client = grid_dask.connect(args)  # before anything is written: an unreachable scheduler costs nothing
+    if args.device != "cuda":
+        kernels.preload_cpu()  # overlaps the data loading; a no-op when the kernel is not cached
     data = _common.load_data(args, space, log=log)
     if fp is None:
         fp = fingerprint(space, data.book_path, data.blocks_path, cost, args)
@@ -168,30 +189,10 @@ def run(args) -> int:
     done_cfg = sum(_size(regions[k]) for k in done)
     bar = _common.WarmBar(total, "cfg", args.no_progress, initial=done_cfg, desc="grid")
     written = 0
-    for k in todo:
-        reg = regions[k]
-        idx = [np.arange(s.start, s.stop) for s in reg]
-        mesh = np.meshgrid(*idx, indexing="ij")
-        points = {}
-        for name, vals in axes.items():
-            if name in dims:
-                d = dims.index(name)
-                points[name] = np.asarray(vals)[mesh[d].ravel()]
-            else:
-                points[name] = np.asarray([vals[0]] * mesh[0].size)
-        fields = _common.configs_for(space, points, data, cost)
-        rshape = tuple(s.stop - s.start for s in reg)
-        m_is, b_is = _common.evaluate(data, "is", fields, args.device, args.buckets)
-        m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets)
-        part = {}
-        for i, m in enumerate(METRICS):
-            part[m] = (dims, m_is[:, i].reshape(rshape))
-            part[f"oos_{m}"] = (dims, m_oos[:, i].reshape(rshape))
-        part["bucket_pnl"] = (dims + ["bucket"], b_is.reshape(rshape + (args.buckets,)))
-        region = {d: s for d, s in zip(dims, reg)}
-        region["bucket"] = slice(0, args.buckets)
-        results.write_region(out, xr.Dataset(part), region, k)
-        bar.update(mesh[0].size)
+    if dask_client is not None:
+        written = grid_dask.run_regions(dask_client, args, todo, regions, fp, bar, stop_after)
+    for k in ([] if dask_client is not None else todo):
+        bar.update(evaluate_region(out, k, regions[k], dims, axes, space, data, cost, args))
         written += 1
         if stop_after and written >= stop_after:
             bar.close()
@@ -210,6 +211,37 @@ def run(args) -> int:
 
         report_html.write_beside(out, stats=st)
     return 0
+
+
+def region_points(reg, dims: list[str], axes: dict) -> dict[str, np.ndarray]:
+    """The space points of one region, in C order over its dimensions."""
+    idx = [np.arange(s.start, s.stop) for s in reg]
+    mesh = np.meshgrid(*idx, indexing="ij")
+    points = {}
+    for name, vals in axes.items():
+        if name in dims:
+            points[name] = np.asarray(vals)[mesh[dims.index(name)].ravel()]
+        else:
+            points[name] = np.asarray([vals[0]] * mesh[0].size)
+    return points
+
+
+def evaluate_region(out: Path, k: int, reg, dims: list[str], axes: dict, space, data, cost: dict, args) -> int:
+    """Evaluate region k in and out of sample and write it into the cube (its done-flag last).
+    Returns the number of configurations. The same code runs in this process and in Dask workers."""
+    fields = _common.configs_for(space, region_points(reg, dims, axes), data, cost)
+    rshape = tuple(s.stop - s.start for s in reg)
+    m_is, b_is = _common.evaluate(data, "is", fields, args.device, args.buckets)
+    m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets)
+    part = {}
+    for i, m in enumerate(METRICS):
+        part[m] = (dims, m_is[:, i].reshape(rshape))
+        part[f"oos_{m}"] = (dims, m_oos[:, i].reshape(rshape))
+    part["bucket_pnl"] = (dims + ["bucket"], b_is.reshape(rshape + (args.buckets,)))
+    region = {d: s for d, s in zip(dims, reg)}
+    region["bucket"] = slice(0, args.buckets)
+    results.write_region(out, xr.Dataset(part), region, k)
+    return _size(reg)
 
 
 def _size(reg) -> int:
