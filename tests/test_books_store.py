@@ -62,7 +62,7 @@ def test_roundtrip_across_chunks_and_windows(tmp_path):
     assert_books_equal(book, got)
     assert got.bid_px.dtype == np.float64 and got.bid_sz.dtype == np.float32 and got.trades.side.dtype == np.int8
     a = got.attrs
-    assert a["exchange"] == "test" and a["depth"] == 3 and a["schema_version"] == 1 and a["rows"] == 1000
+    assert a["exchange"] == "test" and a["depth"] == 3 and a["schema_version"] == 2 and a["rows"] == 1000
     assert a["complete"] is True and a["gaps"] == [{"time": int(book.ts[5]), "reason": "test gap"}]
     assert open_attrs(out) == a
     assert not list(tmp_path.glob("*.tmp-*"))
@@ -77,7 +77,7 @@ def test_roundtrip_across_chunks_and_windows(tmp_path):
     # to_device is applied to every array
     seen = []
     load(out, to_device=lambda x: seen.append(x.dtype) or x)
-    assert len(seen) == 10
+    assert len(seen) == 11  # 6 book arrays, 5 trade arrays (ts, px, qty, side, match_ts)
 
 
 def test_row_appends_equal_bulk_appends_and_overwrite_replaces(tmp_path):

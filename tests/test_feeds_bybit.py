@@ -186,6 +186,8 @@ def test_v5_every_line_form_imports_to_the_independent_rebuild(tmp_path):
     msgs = v5_messages(gap_after=None)
     want = rebuild_v5(msgs, DEPTH)
     trades = [t for m in msgs if m.get("topic", "").startswith("publicTrade") for t in m["data"]]
+    published = [max(t["T"], m["ts"]) * 1_000_000 for m in msgs if m.get("topic", "").startswith("publicTrade")
+                 for t in m["data"]]
     assert len(want) == 61 and len(trades) >= 8
     stores = []
     for form, path in write_forms(tmp_path, msgs).items():
@@ -194,7 +196,9 @@ def test_v5_every_line_form_imports_to_the_independent_rebuild(tmp_path):
         assert_rows(book, want)
         assert_never_crossed(book)
         assert rep.gaps == [] and rep.bad_lines == 0 and rep.symbol == SYM
-        assert np.array_equal(book.trades.ts, [t["T"] * 1_000_000 for t in trades])
+        # ts: when the trade became public (the message's ts); match_ts: the trade's T
+        assert np.array_equal(book.trades.ts, published)
+        assert np.array_equal(book.trades.match_ts, [t["T"] * 1_000_000 for t in trades])
         assert np.array_equal(book.trades.side, [1 if t["S"] == "Buy" else -1 for t in trades])
         assert np.array_equal(book.trades.px, [float(t["p"]) for t in trades])
         assert book.attrs["exchange"] == "bybit" and book.attrs["tick_size"] == 0.1

@@ -136,7 +136,9 @@ def load_many(paths, flag: str = "--data"):
     with_trades = [b.trades for b in books if b.trades is not None]
     if with_trades:
         trades = Trades(**{name: np.concatenate([getattr(t, name) for t in with_trades])
-                           for name in ("ts", "px", "qty", "side")})
+                           for name in ("ts", "px", "qty", "side")},
+                        match_ts=np.concatenate([t.match_ts if t.match_ts is not None
+                                                 else np.full(len(t), -1, np.int64) for t in with_trades]))
     attrs = dict(books[0].attrs)
     attrs["stores"] = [{"path": str(i.path), "rows": i.rows, "first": _iso(i.first_ns), "last": _iso(i.last_ns)}
                        for i in infos]

@@ -52,7 +52,12 @@ import numpy as np
 from gpu_engine import outputs
 from gpu_engine.errors import InputError
 
-SCHEMA_VERSION = 1
+# Schema 2: a trade's `ts` is the time it became public (Binance: the event time `E`), its
+# matching time is kept as `match_ts` (-1 where the feed gives one time only). Schema 1 stored
+# the matching time in `ts`: a schema-1 store of a feed with both times is refused on load
+# (OUTDATED_FORMATS), since its trades could be used before they were published.
+SCHEMA_VERSION = 2
+OUTDATED_FORMATS = {"binance-jsonl": "binance", "bybit": "bybit"}  # --format -> record --exchange
 DEFAULT_CHUNK_ROWS = 65536
 BOOK_ARRAYS = ("ts", "seq", "bid_px", "ask_px", "bid_sz", "ask_sz")
 TRADE_ARRAYS = ("ts", "px", "qty", "side")
@@ -60,10 +65,11 @@ TRADE_ARRAYS = ("ts", "px", "qty", "side")
 
 @dataclass
 class Trades:
-    ts: np.ndarray
+    ts: np.ndarray        # publish time, ns (every feature and fill uses this one)
     px: np.ndarray
     qty: np.ndarray
     side: np.ndarray
+    match_ts: np.ndarray | None = None   # matching time, ns; -1 / None where unknown
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -222,7 +228,7 @@ class BookStoreWriter:
             "bid_sz": ((L,), np.float32, 0), "ask_sz": ((L,), np.float32, 0),
         }
         trade_specs = {"ts": ((), np.int64, 0), "px": ((), np.float64, np.nan),
-                       "qty": ((), np.float64, 0), "side": ((), np.int8, 0)}
+                       "qty": ((), np.float64, 0), "side": ((), np.int8, 0), "match_ts": ((), np.int64, -1)}
         self._book_specs = book_specs
         self._trade_specs = trade_specs
         self._arrays = None        # created at the first flush (see _create)
@@ -301,13 +307,15 @@ class BookStoreWriter:
         if b.n == b.cap:
             self._flush_book()
 
-    def append_trades(self, ts, px, qty, side) -> None:
+    def append_trades(self, ts, px, qty, side, match_ts=None) -> None:
         ts = np.asarray(ts, dtype=np.int64).reshape(-1)
         n = ts.shape[0]
         if n == 0:
             return
         cols = {"ts": ts, "px": np.asarray(px, np.float64).reshape(-1),
-                "qty": np.asarray(qty, np.float64).reshape(-1), "side": np.asarray(side, np.int8).reshape(-1)}
+                "qty": np.asarray(qty, np.float64).reshape(-1), "side": np.asarray(side, np.int8).reshape(-1),
+                "match_ts": (np.full(n, -1, np.int64) if match_ts is None
+                             else np.asarray(match_ts, np.int64).reshape(-1))}
         for name, a in cols.items():
             if a.shape != (n,):
                 raise ValueError(f"trades {name}: shape {a.shape}, expected {(n,)}")
@@ -329,6 +337,7 @@ class BookStoreWriter:
         c["px"][i] = row.px
         c["qty"][i] = row.qty
         c["side"][i] = row.side
+        c["match_ts"][i] = getattr(row, "match_ts", -1)
         b.n = i + 1
         self.trade_rows += 1
         if b.n == b.cap:
@@ -452,7 +461,7 @@ def write_store(path, book: Book, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Path:
         w.append(book.ts, book.seq, book.bid_px, book.ask_px, book.bid_sz, book.ask_sz)
         if book.trades is not None:
             t = book.trades
-            w.append_trades(t.ts, t.px, t.qty, t.side)
+            w.append_trades(t.ts, t.px, t.qty, t.side, t.match_ts)
     return Path(path)
 
 
@@ -465,6 +474,23 @@ def _open_group(path):
     if not (p / "zarr.json").is_file():
         raise FileNotFoundError(f"{p}: not a book store (no zarr.json)")
     return zarr.open_group(str(p), mode="r", use_consolidated=False)
+
+
+def check_schema(path, attrs: dict, has_trades: bool) -> None:
+    """Refuse a store whose trades carry match times where schema 2 needs publish times."""
+    version = int(attrs.get("schema_version", 1) or 1)
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{path}: book store schema {version} is newer than this engine's "
+                         f"({SCHEMA_VERSION}); upgrade gpu-sweep-engine")
+    fmt = attrs.get("format")
+    if version < 2 and has_trades and fmt in OUTDATED_FORMATS:
+        how = (f"python -m gpu_engine.data import FILE... --format {fmt} --out {path} --overwrite"
+               if not attrs.get("clock") else
+               f"python -m gpu_engine.data import RAW_CAPTURE --format {fmt} --out {path} --overwrite "
+               f"(the recorder's --raw file), or record again")
+        raise InputError(f"{path}: book store schema {version}: its trade times are matching times, and "
+                         f"schema {SCHEMA_VERSION} stamps each trade with the time it was published, so that no "
+                         f"fill or feature uses a trade before it was public; re-import it: {how}")
 
 
 def open_attrs(path) -> dict:
@@ -488,6 +514,7 @@ def load(path, start: int | None = None, end: int | None = None,
     """
     g = _open_group(path)
     attrs = dict(g.attrs)
+    check_schema(path, attrs, has_trades="trades" in g)
     conv = to_device or (lambda a: a)
     n = attrs.get("rows")
     n = g["ts"].shape[0] if n is None else min(int(n), g["ts"].shape[0])
@@ -504,5 +531,6 @@ def load(path, start: int | None = None, end: int | None = None,
         tts = tg["ts"][:m]
         tlo, thi = _window(tts, start, end)
         trades = Trades(ts=conv(tts[tlo:thi]), px=conv(tg["px"][tlo:thi]), qty=conv(tg["qty"][tlo:thi]),
-                        side=conv(tg["side"][tlo:thi]))
+                        side=conv(tg["side"][tlo:thi]),
+                        match_ts=conv(tg["match_ts"][tlo:thi]) if "match_ts" in tg else None)
     return Book(**{k: conv(v) for k, v in arrays.items()}, trades=trades, attrs=attrs)

@@ -488,9 +488,14 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                     report.count("other_symbol")
                     continue
                 tid = _int(data, "t")
-                t_ms = data.get("T", data.get("E"))
+                # ts = publish time (event time E), match_ts = trade time T: no fill or feature at a
+                # book row may use a trade published after it (ARCHITECTURE 4b, docs/RULES.md)
+                t_ms = data.get("E", data.get("T"))
                 if type(t_ms) is not int:
-                    raise _Bad("bad_lines", f"field 'T': not an integer ({t_ms!r})")
+                    raise _Bad("bad_lines", f"field 'E': not an integer ({t_ms!r})")
+                m_ms = data.get("T", t_ms)
+                if type(m_ms) is not int:
+                    raise _Bad("bad_lines", f"field 'T': not an integer ({m_ms!r})")
                 m = data.get("m")
                 if type(m) is not bool:
                     raise _Bad("bad_lines", f"field 'm': not a boolean ({m!r})")
@@ -512,7 +517,7 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                 if last_trade_id is not None and tid != last_trade_id + 1:
                     report.count("trade_id_gaps")
                 last_trade_id = tid
-                yield TradeRow(ts, px, qty, -1 if m else 1, chosen or "")
+                yield TradeRow(ts, px, qty, -1 if m else 1, chosen or "", m_ms * 1_000_000)
                 continue
             elif kind in IGNORED_STREAMS or kind.startswith("kline"):
                 report.count(f"ignored_{kind}")

@@ -211,8 +211,9 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                                                   if "L" in t else "spot")
                         report.note(f"market {report.extra['market']} inferred from the trades' fields "
                                     "(derivative trades carry a tick direction 'L', spot ones do not)")
+                    # published at the message's ts (v5), matched at the trade's T
                     row = _trade(s, t.get("T"), t.get("p"), t.get("v"), t.get("S"), t.get("i"),
-                                 clocks, recent, report)
+                                 clocks, recent, report, publish_ms=obj.get("ts"))
                     if row is not None:
                         yield row
             elif name == "trade":  # v2
@@ -386,8 +387,12 @@ def _v2_book(obj, st: _Book, sym, depth, report, path, lineno, local) -> BookRow
     return st.row(ts, seq, local, depth, sym)
 
 
-def _trade(sym, t_ms, px, qty, side, trade_id, clocks: dict, recent: dict, report: ImportReport) -> TradeRow | None:
-    ts = _ms(t_ms, "T")
+def _trade(sym, t_ms, px, qty, side, trade_id, clocks: dict, recent: dict, report: ImportReport,
+           publish_ms=None) -> TradeRow | None:
+    """A trade row: `ts` is the publish time (the message's `ts` when given, never before the
+    match time), `match_ts` the matching time `T`."""
+    match = _ms(t_ms, "T")
+    ts = max(match, _ms(publish_ms, "ts")) if publish_ms is not None else match
     try:
         (p, q), = parse_levels([(px, qty)], "trade")
     except LevelError as exc:
@@ -408,4 +413,4 @@ def _trade(sym, t_ms, px, qty, side, trade_id, clocks: dict, recent: dict, repor
     ts = clock.accept(None, ts)  # ids are not ordered: time only
     if ts is None:
         return None
-    return TradeRow(ts, p, q, 1 if s else -1, sym)  # side = the taker's
+    return TradeRow(ts, p, q, 1 if s else -1, sym, match if publish_ms is not None else -1)  # side = the taker's

@@ -38,11 +38,12 @@ class BookRow(NamedTuple):
 
 
 class TradeRow(NamedTuple):
-    ts: int      # exchange trade time, ns
+    ts: int      # the time the trade became public (the message's event time), ns
     px: float
     qty: float
     side: int    # +1 buyer-initiated (aggressor buy), -1 seller-initiated
     symbol: str = ""
+    match_ts: int = -1   # the matching engine's trade time, ns; -1 when the feed gives only one time
 
 
 @dataclass
