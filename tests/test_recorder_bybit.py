@@ -157,6 +157,9 @@ class FakeBybit:
             if not any(BOOK in t for _, t in self.clients.values()):
                 await asyncio.sleep(0.005)  # nobody listens (a reconnect under way): wait
                 continue
+            if i == self.drop_at and not any(op == "unsubscribe" for op, _ in self.ops):
+                await asyncio.sleep(0.005)  # drop only after the gap's resubscription (timing under load)
+                continue
             if i == self.drop_at:
                 self.drop_at = None
                 for ws in list(self.clients):

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from gpu_engine.data.books import contract
 from gpu_engine.data.books.store import BookStoreWriter, check_depth_fits
 from gpu_engine.data.books.feeds import sniff
 from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
@@ -112,7 +113,7 @@ def check_inputs(paths) -> list[Path]:
 
 def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = None,
                  sample_ms: int | None = None, progress: bool = True,
-                 chunk_rows: int = 65536, overwrite: bool = False) -> ImportReport:
+                 chunk_rows: int = 65536, overwrite: bool = False, contract_spec: dict | None = None) -> ImportReport:
     """Import feed files into the book store `out`; returns the report (also stored in attrs).
 
     `out` is claimed first (`gpu_engine.outputs.claim_output`): an existing `out` is refused
@@ -126,6 +127,9 @@ def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = Non
         raise InputError(f"--depth must be an integer >= 1, got {depth!r}")
     if sample_ms is not None and sample_ms <= 0:
         raise InputError(f"--sample-ms must be > 0, got {sample_ms}")
+    overrides = {k: v for k, v in (contract_spec or {}).items() if v is not None}
+    if overrides:  # the user's contract flags are checked before any work
+        contract.resolve(fmt, symbol, {}, overrides, str(out))
     check_depth_fits(depth, chunk_rows)
     claim_output(out, "--out", kind="book-store", overwrite=overwrite,
                  inputs=[("FILE", p) for p in paths])
@@ -193,7 +197,9 @@ def import_files(paths, fmt: str, out, depth: int = 20, symbol: str | None = Non
             if writer.rows == 0:
                 report.note("no book rows written (see the notes above); the store holds trades only")
             report.extra["import_seconds"] = round(time.perf_counter() - t0, 3)
-            writer.set_attrs(**_store_attrs(report, paths, fmt, sample_ms))
+            attrs = _store_attrs(report, paths, fmt, sample_ms)
+            attrs.update(contract.resolve(fmt, report.symbol, attrs, overrides, str(out)))
+            writer.set_attrs(**attrs)
     finally:
         if bar is not None:
             bar.close()
@@ -264,7 +270,9 @@ def format_summary(report: ImportReport, out) -> str:
 
 def _run(args) -> int:
     report = import_files(args.files, args.format, args.out, depth=args.depth, symbol=args.symbol,
-                          sample_ms=args.sample_ms, progress=not args.quiet, overwrite=args.overwrite)
+                          sample_ms=args.sample_ms, progress=not args.quiet, overwrite=args.overwrite,
+                          contract_spec={"contract": args.contract, "multiplier": args.multiplier,
+                                         "tick_size": args.tick_size, "lot_size": args.lot_size})
     print(format_summary(report, args.out))
     return 0
 
@@ -282,4 +290,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing book store at --out (never anything else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("contract (default: from the format and symbol, see gpu_engine/data/books/contract.py)")
+    g.add_argument("--contract", choices=contract.CONTRACTS, default=None, help="linear or inverse")
+    g.add_argument("--multiplier", type=float, default=None,
+                   help="linear: base units per contract; inverse: quote units per contract (e.g. 100)")
+    g.add_argument("--tick-size", type=float, default=None, help="price increment (maker orders need it)")
+    g.add_argument("--lot-size", type=float, default=None, help="quantity increment (0: continuous)")
     p.set_defaults(func=_run)

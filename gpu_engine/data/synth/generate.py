@@ -253,6 +253,8 @@ def store_attrs(start_ns: int, hours: float, seed: int, price: float, params: Sy
         "depth": params.depth,
         "tick_size": params.tick_size,
         "lot_size": params.lot_size,
+        "contract": "linear",   # a spot-like book: sizes in base units
+        "multiplier": 1.0,
         # a list of one entry, like the importers' list of source files
         "source": [{
             "generator": GENERATOR,

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gpu_engine.data.books import contract
 from gpu_engine.errors import InputError
 
 # the command's logger (tests and users filter on this name)
@@ -395,6 +396,8 @@ class Recorder:
                 "exchange": self.cfg.exchange, "symbol": self.symbol, "format": self.adapter.format,
                 "tick_size": info.get("tick_size"), "lot_size": info.get("lot_size"),
                 **self.adapter.store_attrs(),
+                **contract.resolve(self.adapter.format, self.symbol, {**info, **self.adapter.store_attrs()}, {},
+                                   str(self.cfg.out)),
                 "source": [{"recorder": self.ws_url(), "rest": self.rest_base, "streams": list(self.adapter.streams),
                             "started_ns": time.time_ns()}],
                 "clock": self.cfg.clock,
