@@ -13,12 +13,16 @@ schema, data that moved or changed):
 
 1. verdict: the same words as the text report (`sweeps.inspect.verdict`);
 2. top configurations, in- and out-of-sample side by side (ranking of `sweeps.inspect`);
-3. heatmap (`data-chart="heatmap"`) of a chosen metric over a chosen pair of parameters; each
-   cell aggregates every configuration with those two values (median by default, max on
-   request) over all values of the other parameters. Matrices are precomputed in Python (at
-   most MAX_BINS x MAX_BINS cells each) and swapped by a small inline script. Parameters with
-   more than MAX_BINS values (and every continuous parameter of an optimize cube, whose points
-   are scattered) are binned by quantiles;
+3. heatmap (`data-chart="heatmap"`) of a chosen metric over any two of the first MAX_HEAT_PARAMS
+   swept parameters, each other parameter either on "any" (the cell aggregates over all its
+   values: median, or max with 'agg') or fixed at one of its values / bins; a plain inline script
+   aggregates in the browser, on per-configuration cell codes (uint8) and metric values (float32)
+   embedded as base64. Numeric parameters with more than MAX_BINS values are binned (bins of about
+   equal counts, labelled by the values they hold), string ones keep MAX_CATEGORIES values. Beyond
+   a byte budget (HEAT_MAX_BYTES) the page holds the top HEAT_TOP_ROWS configurations by its ranking
+   plus a seeded random sample of the rest, says so, and embeds the exact matrices of every view
+   with nothing fixed (all configurations, computed in Python), so the default view stays exact
+   (sweeps/report_html_heatmap.py);
 4. the CSCV logits of PBO as a histogram binned in Python (`data-chart="pbo"`);
 5. deflated Sharpe (gpu_engine.validation via `sweeps.inspect.search_stats`) and the
    statistics `search_stats` takes from gpu_engine.stats (effective number of trials, DSR with
@@ -33,8 +37,11 @@ schema, data that moved or changed):
    the cube says and their sha256 matches;
 8. cost model and provenance (cube attrs), the space file.
 
-Everything is aggregated before plotting (never one point per configuration), so a page for
-a cube of 1e6 configurations stays a few MB and builds in seconds.
+Charts are aggregated before plotting (never one point per configuration); the heatmap's data
+is capped by its byte budget, so the page of a cube of 1e6 configurations is about 16 MB (plotly.js
+4.7 MB, the heatmap's rows ~11 MB) and takes about 25 s of CPU to build with 64 buckets (the SCALE
+test of tests/test_report_html.py), most of it reading the cube and the search statistics
+(sweeps.inspect.search_stats: distinct series, SPA, PBO).
 """
 from __future__ import annotations
 
@@ -52,12 +59,18 @@ from gpu_engine import outputs
 from gpu_engine.enums import METRICS
 from gpu_engine.errors import InputError
 
+from sweeps.report_html_heatmap import (  # noqa: F401  (the heatmap's limits: see that module)
+    HEAT_AGGS,
+    HEAT_MAX_BYTES,
+    HEAT_METRICS,
+    HEAT_TOP_ROWS,
+    MAX_BINS,
+    MAX_CATEGORIES,
+    MAX_HEAT_PARAMS,
+)
+
 GENERATOR = "gpu-sweep-engine"
 GENERATOR_META = f'<meta name="generator" content="{GENERATOR}">'
-MAX_BINS = 40                 # cells per heatmap axis
-MAX_HEAT_PARAMS = 6           # heatmap pairs among the first 6 swept parameters (15 pairs)
-HEAT_METRICS = ("win_rate", "expectancy", "sharpe", "net_pnl", "trades", "max_drawdown")
-HEAT_AGGS = ("median", "max")
 IMPORTANCE_ROWS = 3000
 N_CURVES = 5
 CURVE_POINTS = 1500
@@ -77,7 +90,11 @@ def open_cube(path: str | Path) -> xr.Dataset:
     from sweeps import inspect
 
     path = Path(path)
-    ds = inspect.open_checked(path, require=False)
+    inspect.open_checked(path, require=False)  # refuses what is not a complete cube of ours
+    try:  # without dask (chunks=None): every array is read whole, 2-3x faster than dask's chunked load
+        ds = xr.open_zarr(path, chunks=None)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable cube ({inspect._first_line(exc)})") from None
     return inspect.load_checked(ds, path)
 
 
@@ -183,14 +200,6 @@ def _fmt(v, spec=".4g") -> str:
         return str(v)
 
 
-def _jnum(v: float) -> str:
-    return f"{v:.4g}" if math.isfinite(v) else "null"
-
-
-def _matrix_json(z: np.ndarray) -> str:
-    return "[" + ",".join("[" + ",".join(_jnum(float(v)) for v in row) + "]" for row in z) + "]"
-
-
 def _script_json(text: str) -> str:
     """JSON safe inside a <script> element."""
     return text.replace("</", "<\\/")
@@ -253,7 +262,7 @@ class _Ctx:
                              f"(known: {', '.join(k for k in self.m if not k.startswith('oos_'))})")
         from sweeps import inspect
 
-        idx = inspect.rank(self.m, self.by)
+        idx = self.full_rank = inspect.rank(self.m, self.by)
         if self.has_oos_vars:
             idx = idx[self.has_oos[idx]]
         return [int(i) for i in idx[: self.top]]
@@ -321,158 +330,12 @@ def _top_table(c: _Ctx) -> str:
     return out + _table(head, rows, "top")
 
 
-# ---------------- heatmaps
-
-def _codes(v: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Per configuration the cell index on this parameter's axis, and the axis labels.
-
-    <= MAX_BINS distinct values: one cell each (numbers sorted, inf last); more: quantile bins of
-    the finite values (labelled by their ranges) plus one cell per non-finite value."""
-    if v.dtype.kind in "fiu":
-        x = v.astype(np.float64)
-        u = np.unique(x)
-        if u.size <= MAX_BINS:
-            return np.searchsorted(u, x).astype(np.int64), [_fmt(a) for a in u]
-        fin = np.isfinite(x)
-        edges = np.unique(np.quantile(x[fin], np.linspace(0, 1, MAX_BINS - 2)))
-        codes = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(edges.size - 2, 0))
-        labels = [f"{edges[k]:.3g}-{edges[k + 1]:.3g}" for k in range(max(edges.size - 1, 1))]
-        codes = codes.astype(np.int64)
-        for label, sel in (("inf", x == np.inf), ("-inf", x == -np.inf), ("-", np.isnan(x))):
-            if sel.any():
-                codes[sel] = len(labels)
-                labels.append(label)
-        return codes, labels
-    s = v.astype(str)
-    u, inv, cnt = np.unique(s, return_inverse=True, return_counts=True)
-    if u.size <= MAX_BINS:
-        return inv.reshape(-1).astype(np.int64), [str(a) for a in u]
-    keep = np.argsort(-cnt, kind="stable")[: MAX_BINS - 1]
-    remap = np.full(u.size, MAX_BINS - 1, np.int64)
-    remap[keep] = np.arange(keep.size)
-    return remap[inv.reshape(-1)], [str(u[k]) for k in keep] + ["(other)"]
-
-
-def _group_agg(key: np.ndarray, ncell: int, vals: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Per cell (key in [0, ncell)) the median and max of each value array (NaN ignored), and
-    the count of configurations ('configurations')."""
-    import pandas as pd
-
-    df = pd.DataFrame(vals)
-    df["_k"] = key
-    g = df.groupby("_k", sort=True)
-    med = g.median()
-    mx = g.max()
-    out = {}
-    idx = med.index.to_numpy()
-    for name in vals:
-        a = np.full(ncell, np.nan)
-        a[idx] = med[name].to_numpy(dtype=np.float64)
-        b = np.full(ncell, np.nan)
-        b[idx] = mx[name].to_numpy(dtype=np.float64)
-        out[name] = {"median": a, "max": b}
-    cnt = np.bincount(key, minlength=ncell).astype(np.float64)
-    cnt[cnt == 0] = np.nan
-    out["configurations"] = {"median": cnt, "max": cnt}
-    return out
-
+# ---------------- heatmaps (sweeps/report_html_heatmap.py)
 
 def _heatmap(c: _Ctx, stage) -> str:
-    import plotly.graph_objects as go
+    from sweeps import report_html_heatmap as hm
 
-    params = c.swept[:MAX_HEAT_PARAMS]
-    if len(params) < 2:
-        raise Missing(f"a heatmap needs two swept parameters; this cube sweeps {len(c.swept)} "
-                      f"({', '.join(c.swept) or 'none'})")
-    stage(f"heatmaps over {len(params) * (len(params) - 1) // 2} parameter pairs")
-    metrics = [k for k in HEAT_METRICS if k in c.m]
-    oos_share = float(c.has_oos.mean()) if c.n else 0.0
-    if c.has_oos_vars and oos_share >= 0.5:
-        metrics += [f"oos_{k}" for k in HEAT_METRICS if f"oos_{k}" in c.m]
-    vals = {k: np.asarray(c.m[k], dtype=np.float64) for k in metrics}
-    codes = {p: _codes(c.params[p]) for p in params}
-    data = {"params": params, "labels": {p: codes[p][1] for p in params},
-            "metrics": metrics + ["configurations"], "aggs": list(HEAT_AGGS), "z": {}}
-    parts = []
-    for a in range(len(params)):
-        for b in range(a + 1, len(params)):
-            px, py = params[a], params[b]
-            cx, lx = codes[px]
-            cy, ly = codes[py]
-            key = cy * len(lx) + cx  # row = y, column = x
-            agg = _group_agg(key, len(lx) * len(ly), vals)
-            pair = {}
-            for name, by_agg in agg.items():
-                pair[name] = {g: by_agg[g].reshape(len(ly), len(lx)) for g in HEAT_AGGS}
-            data["z"][f"{px}|{py}"] = pair
-            parts.append((px, py))
-    px, py = parts[0]
-    metric0 = "win_rate" if "win_rate" in metrics else metrics[0]
-    z0 = data["z"][f"{px}|{py}"][metric0]["median"]
-    fig = go.Figure(go.Heatmap(z=np.where(np.isfinite(z0), z0, None).tolist(), x=data["labels"][px],
-                               y=data["labels"][py], colorscale="Viridis", hoverongaps=False,
-                               colorbar={"title": {"text": metric0}}))
-    fig.update_layout(template="plotly_white", height=520, margin={"l": 90, "r": 30, "t": 50, "b": 90},
-                      title={"text": f"median in-sample {metric0}"},
-                      xaxis={"title": {"text": px}, "type": "category"},
-                      yaxis={"title": {"text": py}, "type": "category"})
-    # the matrices, JSON-encoded compactly (4 significant digits, NaN -> null)
-    zjson = "{" + ",".join(
-        json.dumps(k) + ":{" + ",".join(
-            json.dumps(mn) + ":{" + ",".join(f'"{g}":{_matrix_json(z)}' for g, z in by_agg.items()) + "}"
-            for mn, by_agg in pair.items()) + "}"
-        for k, pair in data["z"].items()) + "}"
-    meta = json.dumps({k: v for k, v in data.items() if k != "z"})
-    blob = _script_json('{"meta":' + meta + ',"z":' + zjson + "}")
-    sel = lambda name, opts, chosen: (  # noqa: E731
-        f'<label>{name} <select id="heat-{name}">'
-        + "".join(f'<option value="{_e(o)}"{" selected" if o == chosen else ""}>{_e(o)}</option>' for o in opts)
-        + "</select></label>")
-    kind_note = ("Grid cube: every configuration is one point of the grid."
-                 if c.kind != "optimize" else
-                 "Optimize cube: the configurations the search tried are scattered points; continuous "
-                 "parameters are binned by quantiles, so a cell holds the points that fall in it "
-                 "(see the 'configurations' metric for how many).")
-    controls = ('<div class="controls">' + sel("x", params, px) + sel("y", params, py)
-                + sel("metric", data["metrics"], metric0) + sel("agg", list(HEAT_AGGS), "median")
-                + '<span id="heat-msg" class="warn" hidden></span></div>')
-    return (
-        _note(f"Aggregation: each cell is the MEDIAN (or the MAX, with 'agg') of the metric over all "
-              f"configurations with those two parameter values, i.e. over every value of the other "
-              f"parameters. {kind_note} Parameters with more than {MAX_BINS} values are binned by "
-              f"quantiles. Metrics without a prefix are in-sample; oos_ ones out of sample"
-              + ("" if any(k.startswith("oos_") for k in metrics)
-                 else " (not offered here: out-of-sample figures exist only for a few configurations)")
-              + ". Empty cells: no configuration, or the metric is undefined (no trades).")
-        + controls
-        + _fig_html(fig, "heatmap", "heatmap-plot")
-        + f'<script type="application/json" id="heat-data">{blob}</script>'
-        + _HEAT_JS)
-
-
-_HEAT_JS = """<script>
-(function(){
-  var D = JSON.parse(document.getElementById('heat-data').textContent);
-  var ids = ['x','y','metric','agg'];
-  function val(n){ return document.getElementById('heat-'+n).value; }
-  function draw(){
-    var x = val('x'), y = val('y'), m = val('metric'), g = val('agg');
-    var div = document.getElementById('heatmap-plot'), msg = document.getElementById('heat-msg');
-    if (x === y) { msg.textContent = 'choose two different parameters'; msg.hidden = false; return; }
-    msg.hidden = true;
-    var z, key = x + '|' + y, t = false;
-    if (!(key in D.z)) { key = y + '|' + x; t = true; }
-    z = D.z[key][m][g];
-    if (t) { z = z[0].map(function(_, j){ return z.map(function(r){ return r[j]; }); }); }
-    var what = (m === 'configurations') ? 'configurations per cell' : g + ' ' + (m.indexOf('oos_') === 0 ? 'out-of-sample ' + m.slice(4) : 'in-sample ' + m);
-    Plotly.react(div, [{type:'heatmap', z:z, x:D.meta.labels[x], y:D.meta.labels[y], colorscale:'Viridis',
-                        hoverongaps:false, colorbar:{title:{text:m}}}],
-                 Object.assign({}, div.layout, {title:{text:what}, xaxis:{title:{text:x}, type:'category'},
-                                                yaxis:{title:{text:y}, type:'category'}}));
-  }
-  ids.forEach(function(n){ document.getElementById('heat-'+n).addEventListener('change', draw); });
-})();
-</script>"""
+    return hm.section(c, stage, _fmt, _note, _fig_html, _e, _script_json, Missing)
 
 
 # ---------------- PBO, DSR, stats
@@ -511,9 +374,16 @@ def _pbo(c: _Ctx, stage) -> str:
                       title={"text": f"CSCV logits over {p.n_combinations} splits"},
                       xaxis={"title": {"text": "logit of the relative OOS rank of the IS best"}},
                       yaxis={"title": {"text": "splits"}})
+    n_distinct = p.n_input if p.subset else st.get("n_distinct")
+    if n_distinct and p.n_configs < n_distinct:
+        entered = (f"PBO ran on {p.n_configs} of the {n_distinct} distinct bucket series: a seeded random subset, "
+                   "never the best ones (choosing the best would make PBO look better than it is); the cap "
+                   "keeps the CSCV splits affordable, below it every distinct series enters. ")
+    else:
+        entered = f"Every one of the {p.n_configs} distinct bucket series entered. "
     return (_note(f"PBO (CSCV, {p.n_combinations} splits over {st['pbo_note']}): {p.pbo:.3f}; "
-                  f"P(OOS loss of the IS best) {p.prob_loss:.3f}. A logit <= 0 (red) means the configuration "
-                  "best in sample ranked in the lower half out of sample.")
+                  f"P(OOS loss of the IS best) {p.prob_loss:.3f}. {entered}A logit <= 0 (red) means the "
+                  "configuration best in sample ranked in the lower half out of sample.")
             + _fig_html(fig, "pbo", "pbo-plot"))
 
 
@@ -769,7 +639,7 @@ h1{font-size:1.5em;margin-bottom:0} h2{border-bottom:1px solid #ddd;padding-bott
 .missing{color:#8a4b00;background:#fff4e0;padding:6px 10px;border-radius:4px}
 table{border-collapse:collapse;font-size:.85em;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
 th{background:#f5f5f5} table.kv td:first-child{text-align:left;font-weight:500} table.kv td{text-align:left}
-.scroll{overflow-x:auto} .controls label{margin-right:14px} .chart{margin:8px 0}
+.scroll{overflow-x:auto} .controls{margin:6px 0} .controls label{margin-right:14px} .chart{margin:8px 0}
 pre{background:#f8f8f8;padding:8px;overflow-x:auto}
 """
 

@@ -8,8 +8,12 @@ network was attempted; no console error, no uncaught exception; every `.chart` d
 plotly graph (`.js-plotly-plot`) with traces holding x/y/z data (read from `gd.data` in the page);
 screenshots of the page and of each chart are not blank (Pillow); every <select> of the page
 (the heatmap's controls) redraws without error, and swapping the heatmap's axes transposes it.
-A second test opens the page of a 1e6-configuration cube, built by the CLI in a memory-capped child
-process, and requires it to load with every chart rendered within LOAD_BUDGET_S.
+Fixing other parameters of the heatmap at values (its "other parameters" selectors) redraws it with
+what pandas computes from the cube for that slice. Another test opens the page of a
+1e6-configuration, 64-bucket cube, built in a memory-capped child process as the CLI builds it (the
+cube and the page are shared with the SCALE test of tests/test_report_html.py), and requires it to load
+with every chart rendered within LOAD_BUDGET_S, and a slice of its sampled rows to be drawn as
+the rows say and named a sample.
 
 Skips, saying why, only when no Chromium can be found or Playwright is not installed; `.ci/run`
 installs Debian's chromium when it is missing. $GPU_ENGINE_SCREENSHOTS=DIR keeps the screenshots.
@@ -48,14 +52,18 @@ MIN_INK = 0.003
 
 # ------------------------------------------------------------------ pages of synthetic cubes
 
-# The cubes are those of tests/test_report_html.py (xarray + results.write_cube, no kernel runs).
-MILLION_AXES = {"signal": [f"s{i:02d}" for i in range(40)], "entry": np.geomspace(0.5, 4.0, 25),
-                "exit": np.linspace(0.0, 2.0, 25), "take_profit": np.geomspace(5.0, 300.0, 40)}
-# The page of 1e6 configurations is built by the CLI in a child process under this address-space cap,
-# so that a page builder that blows up fails this test (MemoryError) instead of the OOM killer taking
-# the whole test run with it.
-BUILD_MEMORY_CAP = 8 << 30
-BUILD_TIMEOUT_S = 300
+# The cubes are those of tests/test_report_html.py (xarray + results.write_cube, no kernel runs); so is
+# the page of 1e6 configurations, built once per test process (the `million` fixture) in a child
+# process under an address-space cap, so that a page builder that blows up fails the test
+# (MemoryError) instead of the OOM killer taking the whole test run with it.
+from tests.test_report_html import million  # noqa: E402,F401  (a fixture)
+
+
+def page_of(cubes: dict, kind: str) -> Path:
+    """The page of the module's `kind` cube, built once (the tests only read it)."""
+    if kind + ".html" not in cubes:
+        cubes[kind + ".html"] = build_page(cubes[kind], cubes["dir"] / f"{kind}.html")
+    return cubes[kind + ".html"]
 
 
 def build_page(cube: Path, html: Path) -> Path:
@@ -64,24 +72,6 @@ def build_page(cube: Path, html: Path) -> Path:
 
     rc = inspect.main([str(cube), "--html", str(html), "--no-progress"])
     assert rc == 0, f"python -m sweeps.inspect {cube} --html {html} exited {rc}"
-    assert html.is_file() and html.stat().st_size > 0, f"{html} was not written"
-    return html
-
-
-def build_page_in_child(cube: Path, html: Path) -> Path:
-    """The same command in a child process, its memory capped at BUILD_MEMORY_CAP."""
-    import resource
-    import subprocess
-    import sys
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (BUILD_MEMORY_CAP, BUILD_MEMORY_CAP))
-
-    repo = Path(__file__).resolve().parents[1]
-    argv = [sys.executable, "-m", "sweeps.inspect", str(cube), "--html", str(html), "--no-progress"]
-    p = subprocess.run(argv, cwd=repo, capture_output=True, text=True, preexec_fn=cap, timeout=BUILD_TIMEOUT_S)
-    assert p.returncode == 0, (f"{' '.join(argv[1:])} exited {p.returncode} (memory capped at "
-                               f"{BUILD_MEMORY_CAP >> 30} GiB): {p.stderr[-2000:]}")
     assert html.is_file() and html.stat().st_size > 0, f"{html} was not written"
     return html
 
@@ -312,7 +302,7 @@ def cubes(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("kind", ["grid", "optimize"])
 def test_report_page_renders_offline_without_errors(browser, cubes, kind):
-    html = build_page(cubes[kind], cubes["dir"] / f"{kind}.html")
+    html = page_of(cubes, kind)
     visit = Visit(browser, html)
     try:
         visit.open(RENDER_TIMEOUT_MS)
@@ -325,18 +315,136 @@ def test_report_page_renders_offline_without_errors(browser, cubes, kind):
         visit.close()
 
 
-def test_report_page_of_a_million_configurations_loads_fast(browser, tmp_path):
-    from tests.test_report_html import grid_cube
+# The heatmap as drawn: its matrix (None for a blank cell), axes, title, and the line naming its source.
+HEATMAP_JS = """() => {
+  const gd = document.getElementById('heatmap-plot'); const t = gd.data[0];
+  return {z: t.z.map(r => Array.from(r)), x: Array.from(t.x), y: Array.from(t.y), title: gd.layout.title.text,
+          xtitle: gd.layout.xaxis.title.text, ytitle: gd.layout.yaxis.title.text,
+          src: document.getElementById('heat-src').textContent};
+}"""
 
-    cube = grid_cube(tmp_path / "big.zarr", MILLION_AXES, buckets=8)
-    assert int(np.prod([len(v) for v in MILLION_AXES.values()])) == 1_000_000
-    html = build_page_in_child(cube, tmp_path / "big.html")
+
+def weighted_median(a: np.ndarray, b: np.ndarray, wb: float) -> float:
+    """The median of the values a (weight 1 each) and b (wb each): the first value, in ascending order,
+    at which the cumulative weight passes half the total; the mean with the next one when it lands on
+    half exactly (the usual median when all weights are equal)."""
+    vals = np.r_[np.sort(a), np.sort(b)]
+    w = np.r_[np.ones(a.size), np.full(b.size, wb)]
+    order = np.argsort(vals, kind="stable")
+    vals, w = vals[order], w[order]
+    total = w.sum()
+    half, tol = total / 2, 1e-9 * total
+    cum = np.cumsum(w)
+    k = int(np.argmax(cum >= half - tol))
+    if cum[k] > half + tol or k == vals.size - 1:
+        return float(vals[k])
+    return float((vals[k] + vals[k + 1]) / 2)
+
+
+def _fix(page, param: str, value: str) -> None:
+    """Choose `value` ("any" or a cell code) in the heatmap's selector of the other parameter `param`."""
+    page.locator(f'select.heat-fix[data-param="{param}"]').select_option(value)
+
+
+def test_heatmap_selector_fixes_other_parameters(browser, cubes):
+    """Fix other parameters at values: the heatmap redraws with exactly what pandas computes from the
+    cube for that slice (median and max of the float32 values the page holds; configuration counts);
+    'any' again gives the first view back."""
+    import xarray as xr
+
+    from tests.test_report_html import as_matrix, cell_table
+
+    html = page_of(cubes, "grid")
+    ds = xr.open_zarr(cubes["grid"]).load()
+    visit = Visit(browser, html)
+    page = visit.page
+    try:
+        visit.open(RENDER_TIMEOUT_MS)
+        first = page.evaluate(HEATMAP_JS)
+        assert (first["xtitle"], first["ytitle"]) == ("signal", "entry")
+        _, _, want = cell_table(ds, "signal", "entry", "win_rate")
+        np.testing.assert_array_equal(as_matrix(first["z"]), want)
+
+        _fix(page, "exit", "0")  # exit = 0 (its first value)
+        got = page.evaluate(HEATMAP_JS)
+        _, _, want = cell_table(ds, "signal", "entry", "win_rate", where=lambda p: p["exit"] == 0.0)
+        assert got["z"] != first["z"], "fixing exit did not change the heatmap"
+        np.testing.assert_array_equal(as_matrix(got["z"]), want)
+        assert "exit = 0" in got["title"] and "over all 60 configurations" in got["src"]
+
+        page.locator("#heat-agg").select_option("max")
+        _fix(page, "take_profit", "2")  # take_profit = inf
+        got = page.evaluate(HEATMAP_JS)
+        _, _, want = cell_table(ds, "signal", "entry", "win_rate", "max",
+                                where=lambda p: (p["exit"] == 0.0) & (p["take_profit"] == np.inf))
+        np.testing.assert_array_equal(as_matrix(got["z"]), want)
+        assert "take_profit = inf" in got["title"]
+
+        page.locator("#heat-metric").select_option("configurations")
+        page.locator("#heat-x").select_option("take_profit")  # an axis now: its fixed value is ignored
+        got = page.evaluate(HEATMAP_JS)
+        _, _, want = cell_table(ds, "take_profit", "entry", "trades", "size", where=lambda p: p["exit"] == 0.0)
+        assert got["x"] == ["5", "10", "inf"] and "take_profit =" not in got["title"]
+        np.testing.assert_array_equal(as_matrix(got["z"]), want)
+
+        for p_, sel in (("exit", "any"), ("take_profit", "any")):
+            _fix(page, p_, sel)
+        for sid, v in (("heat-x", "signal"), ("heat-metric", "win_rate"), ("heat-agg", "median")):
+            page.locator(f"#{sid}").select_option(v)
+        assert page.evaluate(HEATMAP_JS)["z"] == first["z"]
+        page.wait_for_timeout(100)
+        assert visit.errors == [], f"the heatmap's selectors logged errors: {visit.errors}"
+        assert visit.network_problems() == []
+    finally:
+        visit.close()
+
+
+def test_report_page_of_a_million_configurations_loads_fast(browser, million):
+    from tests.test_report_html import heat_data
+
+    html = million["html"]
     size_mb = html.stat().st_size / 1e6
     visit = Visit(browser, html)
     try:
         elapsed = visit.open(1000 * max(LOAD_BUDGET_S * 4, 60))
         check_page(visit, _shots_dir("million"))
+        # a slice of the sampled rows: drawn as the embedded rows say, and named a sample
+        t0 = time.perf_counter()
+        _fix(visit.page, "exit", "0")
+        redraw = time.perf_counter() - t0
+        got = visit.page.evaluate(HEATMAP_JS)
+        heat = heat_data(html.read_text())
+        meta = heat["meta"]
+        assert got["title"].startswith("weighted median in-sample win_rate | exit = ") and "(sample)" in got["title"]
+        assert (f"aggregated over {meta['n_rows']} of 1000000 configurations: the top {meta['n_top']} and a "
+                "random sample") in got["src"]
+        # each cell: the weighted median of the rows held, the top ones weighing 1, the sampled ones
+        # sample_weight = (1e6 - top) / (rows - top)
+        cx, cy, keep = heat["codes"]["signal"], heat["codes"]["entry"], heat["codes"]["exit"] == 0
+        v = heat["values"]["win_rate"].astype(np.float64)
+        top = np.arange(v.size) < meta["n_top"]
+        assert meta["sample_weight"] == pytest.approx((1e6 - meta["n_top"]) / (meta["n_rows"] - meta["n_top"]))
+        want = np.full((len(meta["labels"]["entry"]), len(meta["labels"]["signal"])), np.nan)
+        for j in range(want.shape[0]):
+            for i in range(want.shape[1]):
+                sel = keep & (cy == j) & (cx == i) & ~np.isnan(v)
+                if sel.any():
+                    want[j, i] = weighted_median(v[sel & top], v[sel & ~top], meta["sample_weight"])
+        z = np.array([[np.nan if a is None else a for a in row] for row in got["z"]], dtype=np.float64)
+        np.testing.assert_array_equal(z, want)
+        # nothing fixed: the exact matrices (every configuration), also with the axes swapped
+        _fix(visit.page, "exit", "any")
+        exact = heat["exact"]["signal|entry"]["win_rate"]["max"].astype(np.float64)
+        visit.page.locator("#heat-agg").select_option("max")
+        got = visit.page.evaluate(HEATMAP_JS)
+        assert "exact, over all 1000000 configurations" in got["src"] and "(sample)" not in got["title"]
+        np.testing.assert_array_equal(np.array(got["z"], dtype=np.float64), exact)
+        visit.page.locator("#heat-x").select_option("entry")
+        visit.page.locator("#heat-y").select_option("signal")
+        np.testing.assert_array_equal(np.array(visit.page.evaluate(HEATMAP_JS)["z"], dtype=np.float64), exact.T)
+        assert visit.errors == [], f"the heatmap's selectors logged errors: {visit.errors}"
     finally:
         visit.close()
     assert elapsed < LOAD_BUDGET_S, (f"the page of 1e6 configurations ({size_mb:.1f} MB) took {elapsed:.1f} s to "
                                      f"load and render its charts (budget {LOAD_BUDGET_S:g} s)")
+    assert redraw < 5, f"fixing a parameter on the page of 1e6 configurations took {redraw:.1f} s to redraw"
