@@ -1,4 +1,5 @@
-"""On-disk cache of feature banks, so a second run on the same data skips building them.
+"""On-disk cache of feature banks (and of the small things a warm start needs: decompressed
+book stores and data digests), so a second run on the same data skips rebuilding them.
 
 Building the bank of the default run takes 0.7-1.5 s on two cores, every run; loading it back
 takes a few milliseconds. A bank is stored under `<kernel cache folder>/features/` (see
@@ -17,6 +18,12 @@ Each entry is `KEY.npz` holding the values, the table rows as JSON, and a BLAKE2
 the values. An entry that fails to load or check is ignored, deleted and rebuilt, never used.
 Entries are written to a temporary name and renamed; the oldest are removed once the folder
 holds more than `MAX_BYTES`.
+
+The same folder holds, under the same file-identity keys: `load_book` -- a decompressed copy of
+a book store of at most `MAX_BOOK_BYTES` (zarr's decompression is most of a warm start's data
+time) as `.npy` files opened as read-only memory maps, each checked against the recorded
+dtype and shape (a damaged entry is removed and rebuilt); and `sha256_path` -- the SHA-256 of a store or dataset
+(what studies are fingerprinted with), so it is read once per version of the data.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MAX_BYTES = 2 << 30   # keep at most ~2 GiB of banks, oldest removed first
+MAX_BOOK_BYTES = 256 << 20   # books larger than this are read from their store every time
 FORMAT = "gpu-sweep-engine feature bank v1"
 SUFFIX = ".bank.npz"
 
@@ -99,17 +107,18 @@ def _save(path: Path, bank) -> None:
 
 def _trim(where: Path) -> None:
     entries = []
-    for p in where.glob("*" + SUFFIX):
+    for p in [*where.glob("*" + SUFFIX), *where.glob("*.book")]:
         try:
             st = p.stat()
+            size = sum(q.stat().st_size for q in p.iterdir()) if p.is_dir() else st.st_size
         except OSError:
             continue
-        entries.append((st.st_mtime_ns, st.st_size, p))
+        entries.append((st.st_mtime_ns, size, p))
     total = sum(size for _, size, _ in entries)
     for _, size, p in sorted(entries):
         if total <= MAX_BYTES:
             break
-        p.unlink(missing_ok=True)
+        _remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
         total -= size
 
 
@@ -144,3 +153,123 @@ def load_or_build(book_path: Path, blocks_path: Path | None, spec, xp,
     except OSError as exc:
         logger.debug("feature cache: not saved %s (%r)", path, exc)
     return bank, False
+
+
+# ------------------------------------------------------------------------- books, digests
+
+BOOK_FIELDS = ("ts", "seq", "bid_px", "ask_px", "bid_sz", "ask_sz")
+TRADE_FIELDS = ("ts", "px", "qty", "side", "match_ts")
+
+
+def _small_key(kind: str, path: Path, extra: str = "") -> str | None:
+    from gpu_engine.kernels.cache import source_stamp
+
+    try:
+        doc = {"format": FORMAT, "kind": kind, "path": _stat_key(path), "extra": extra}
+        if kind == "book":
+            from gpu_engine.data.books import store
+
+            doc["source"] = source_stamp(store.__file__)
+    except OSError:
+        return None
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_book(path: Path, loader: Callable[[], object]):
+    """The Book `loader()` reads from the store at `path`, from a cached decompressed copy when
+    one exists for this exact version of the store (see the module doc). The cached arrays are
+    read-only memory maps of `.npy` files (pages are read as the arrays are used)."""
+    from gpu_engine.data.books.store import Book, Trades
+
+    where = folder()
+    key = _small_key("book", Path(path)) if where is not None else None
+    if key is None:
+        return loader()
+    entry = where / f"{key}.book"
+    if (entry / "meta.json").is_file():
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            if meta.get("format") != FORMAT:
+                raise ValueError("format mismatch")
+            arrays = {}
+            for name, dtype, shape in meta["layout"]:
+                a = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                if str(a.dtype) != dtype or list(a.shape) != shape:
+                    raise ValueError(f"{name}: {a.dtype} {a.shape}, expected {dtype} {shape}")
+                arrays[name] = a
+            trades = None
+            if meta["has_trades"]:
+                trades = Trades(**{f: arrays.get("trades_" + f) for f in TRADE_FIELDS})
+            return Book(**{f: arrays[f] for f in BOOK_FIELDS}, trades=trades, attrs=meta["attrs"])
+        except Exception as exc:
+            logger.debug("book cache: discarding %s (%r)", entry, exc)
+            _remove_tree(entry)
+    book = loader()
+    try:
+        arrays = {f: np.ascontiguousarray(getattr(book, f)) for f in BOOK_FIELDS}
+        if book.trades is not None:
+            for f in TRADE_FIELDS:
+                v = getattr(book.trades, f, None)
+                if v is not None:
+                    arrays["trades_" + f] = np.ascontiguousarray(v)
+        if sum(a.nbytes for a in arrays.values()) <= MAX_BOOK_BYTES:
+            from gpu_engine.results import jsonable
+
+            meta = {"format": FORMAT, "layout": _layout(arrays), "has_trades": book.trades is not None,
+                    "attrs": jsonable(book.attrs)}
+            _write_book(entry, arrays, meta)
+    except (OSError, TypeError, ValueError) as exc:
+        logger.debug("book cache: not saved %s (%r)", entry, exc)
+    return book
+
+
+def _layout(arrays: dict) -> list:
+    return [[name, str(arrays[name].dtype), list(arrays[name].shape)] for name in sorted(arrays)]
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_book(entry: Path, arrays: dict, meta: dict) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+    _remove_tree(tmp)
+    try:
+        tmp.mkdir()
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", a, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process saved it first
+            pass
+    finally:
+        _remove_tree(tmp)
+    _trim(entry.parent)
+
+
+def sha256_path(path: Path, compute: Callable[[Path], str]) -> str:
+    """`compute(path)` (a SHA-256 hex digest), remembered for this exact version of `path`."""
+    where = folder()
+    key = _small_key("sha256", Path(path)) if where is not None else None
+    if key is None:
+        return compute(path)
+    entry = where / f"{key}.sha256"
+    try:
+        value = entry.read_text().strip()
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    except OSError:
+        pass
+    value = compute(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+        tmp.write_text(value)
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return value

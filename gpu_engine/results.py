@@ -64,8 +64,15 @@ def encoding_for(ds: xr.Dataset) -> dict:
 # ---------------------------------------------------------------- provenance
 
 def sha256_path(path: str | Path) -> str:
-    """sha256 of a file, or of a directory tree (relative paths and contents, sorted)."""
-    path = Path(path)
+    """sha256 of a file, or of a directory tree (relative paths and contents, sorted); remembered
+    on disk per version of the files (gpu_engine.feature_cache.sha256_path), so a warm start does
+    not read the data twice."""
+    from gpu_engine import feature_cache
+
+    return feature_cache.sha256_path(Path(path), _sha256_path)
+
+
+def _sha256_path(path: Path) -> str:
     h = hashlib.sha256()
     if path.is_dir():
         for p in sorted(q for q in path.rglob("*") if q.is_file()):

@@ -109,3 +109,59 @@ def test_oldest_entries_trimmed(cache_dir, store, monkeypatch):
     cached(store, SPEC[:2])
     assert len(list(cache_dir.glob("*" + feature_cache.SUFFIX))) == 1
     assert cached(store, SPEC[:2])[1] is True   # the newest stays
+
+
+# ----------------------------------------------------------------------------- books, digests
+
+def _book_cached(store: Path):
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return load(store)
+
+    return feature_cache.load_book(store, loader), not calls
+
+
+def test_book_cache_hit_equals_the_store(cache_dir, store):
+    first, hit1 = _book_cached(store)
+    second, hit2 = _book_cached(store)
+    assert (hit1, hit2) == (False, True)
+    fresh = load(store)
+    for name in feature_cache.BOOK_FIELDS:
+        a, b = getattr(second, name), getattr(fresh, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name
+        assert not a.flags.writeable  # read-only memory maps
+    for name in ("ts", "px", "qty", "side", "match_ts"):
+        assert np.array_equal(getattr(second.trades, name), getattr(fresh.trades, name)), name
+    assert second.attrs == fresh.attrs
+    # the cached book gives the same bank, bit for bit
+    assert np.array_equal(build_bank(second, SPEC, xp=np).values, build_bank(fresh, SPEC, xp=np).values,
+                          equal_nan=True)
+
+
+def test_book_cache_misses_an_edited_store_and_rebuilds_a_damaged_entry(cache_dir, store):
+    _book_cached(store)
+    (entry,) = cache_dir.glob("*.book")
+    (entry / "bid_px.npy").write_bytes((entry / "bid_px.npy").read_bytes()[:100])  # truncated
+    book, hit = _book_cached(store)
+    assert hit is False and np.array_equal(book.bid_px, load(store).bid_px, equal_nan=True)
+    assert _book_cached(store)[1] is True
+    import shutil
+
+    shutil.rmtree(store)
+    write_store(store, random_book(T=120, seed=9))
+    book, hit = _book_cached(store)
+    assert hit is False and book.T == 120
+
+
+def test_sha256_is_remembered_per_version_of_the_data(cache_dir, store):
+    from gpu_engine import results
+
+    first = results.sha256_path(store)
+    assert first == results._sha256_path(store)
+    assert len(list(cache_dir.glob("*.sha256"))) == 1
+    assert results.sha256_path(store) == first
+    chunk = next(p for p in sorted(store.rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes() + b"x")
+    assert results.sha256_path(store) == results._sha256_path(store) != first
