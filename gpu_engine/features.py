@@ -50,11 +50,22 @@ tfi: window -- trade-flow imbalance (Vbuy - Vsell) / (Vbuy + Vsell) of the trade
 logret: window -- log(mid[t] / mid[t-w]); NaN when either mid is NaN.
 log_fair_dev -- log(mid / fair value): the block dataset's power-law fair value of the block known
     at the tick (gpu_engine.market), or the Santostasi law at the tick's time without blocks.
+    Fixed (look-ahead): the published A, n were fitted on prices up to their publication, so on
+    earlier bars this knows the later trend; its causal counterpart is pl_dev (below).
 halving_phase -- (height mod 210,000) / 210,000 of the block known at the tick (approximate height
     from time without blocks).
 block_age_s -- seconds since the last known block at tick time (NaN without a block dataset).
 block_interval_s -- the last completed block interval: time(last block) - time(the one before)
-    (NaN without a block dataset). The block dataset carries no fees, so there is no fee feature.
+    (NaN without a block dataset).
+
+Long-horizon features (gpu_engine/features_longterm.py, registered below): pl_dev / pl_under (the
+power law refit causally at every tick on the ticks before it), s2f_dev / s2f_under (stock-to-flow
+likewise), their fixed published-parameter counterparts pl_under_fixed, s2f_dev_fixed,
+s2f_under_fixed ("fixed (look-ahead)"; `log_fair_dev` above is the fixed power law: fitted on
+data that includes later prices, it is look-ahead on any backtest before the fit),
+halving_days, halving_phase_c, ma_dev(window), and the block flow of real headers (the dataset's
+fees_sat, tx_count, time_source; unknown -> NaN): block_interval_mean_s(blocks),
+block_fees_btc(blocks), block_tx_count(blocks).
 """
 from __future__ import annotations
 
@@ -84,6 +95,11 @@ DEFAULT_SPEC: tuple[tuple[str, dict], ...] = (
     ("halving_phase", {}),
     ("block_age_s", {}),
     ("block_interval_s", {}),
+    # long-horizon features (gpu_engine/features_longterm.py): mostly NaN on a book of hours
+    *((name, {}) for name in ("pl_dev", "pl_under", "pl_under_fixed", "s2f_dev", "s2f_under", "s2f_dev_fixed",
+                              "s2f_under_fixed", "halving_days", "halving_phase_c")),
+    *(("ma_dev", {"window": w}) for w in (100, 1000)),
+    *((name, {"blocks": 144}) for name in ("block_interval_mean_s", "block_fees_btc", "block_tx_count")),
 )
 
 
@@ -294,6 +310,10 @@ FEATURES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "block_interval_s": (_f_block_interval_s, ()),
 }
 
+from gpu_engine import features_longterm as _longterm  # noqa: E402  (it reads the helpers above)
+
+FEATURES.update(_longterm.FEATURES)
+
 
 def _label(name: str, params: dict) -> str:
     if not params:
@@ -317,7 +337,7 @@ def _normalise_spec(spec: Iterable, depth: int, default: bool) -> list[tuple[str
         if set(params) != want:
             raise ValueError(f"feature spec entry {i} ({name}): parameters {sorted(params)} "
                              f"!= expected {sorted(want)}")
-        for key in ("window", "levels"):
+        for key in ("window", "levels", "blocks"):
             if key in params:
                 v = params[key]
                 if isinstance(v, bool) or int(v) != v or int(v) < 1:
@@ -438,7 +458,7 @@ def _table(rows: list[dict]):
     import pandas as pd
 
     table = pd.DataFrame(rows, columns=None if rows else ["row", "name", "label", "params"])
-    for col in ("window", "levels"):
+    for col in ("window", "levels", "blocks"):
         if col in table:
             table[col] = table[col].astype("Int64")  # integer parameters stay integers (NA when absent)
     return table

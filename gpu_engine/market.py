@@ -19,6 +19,12 @@ Columns (xp = numpy or cupy, from `gpu_engine.backend`; T ticks, L levels):
   fair_pl           float64 [T]     power-law fair value, USD, NaN if undefined
   halving_phase     float64 [T]     (height mod 210,000) / 210,000, NaN if no height
 
+With a block dataset the Market also keeps the host dataset (`blocks`) and, per tick, the index
+of the known block (`block_index`, host int64, -1 if none); `block_column(name)` gives one
+column of the dataset on the device as float64 [N blocks] (the unknown -1 of the header fields
+as NaN), built on first use and cached, for features that aggregate over the blocks up to the
+known one (gpu_engine/features_longterm.py).
+
 Alignment rules (all causal: the value at tick t depends on ts[t] and on data stamped <= ts[t]):
 
 * A trade belongs to the first tick whose ts >= the trade's ts, so at tick t the trades seen are
@@ -137,6 +143,24 @@ class Market:
     trade_side: Any = None
     book: Any = None
     attrs: dict = field(default_factory=dict)
+    blocks: Any = None         # the host block dataset (None without one)
+    block_index: Any = None    # host int64 [T]: index into `blocks` of the block known at each tick, -1 none
+    _block_cols: dict = field(default_factory=dict, repr=False)
+
+    # header fields whose unknown value is -1 (gpu_engine/data/blocks/dataset.py)
+    UNKNOWN_MINUS_ONE = ("median_time", "tx_count", "size_bytes", "weight_wu", "fees_sat")
+
+    def block_column(self, name: str):
+        """Column `name` of the block dataset on the device, float64 [N]; NaN where unknown.
+        None without a block dataset or when the dataset has no such column."""
+        if self.blocks is None or name not in (self.blocks.dtype.names or ()):
+            return None
+        if name not in self._block_cols:
+            col = np.asarray(self.blocks[name], dtype=np.float64)
+            if name in self.UNKNOWN_MINUS_ONE:
+                col = np.where(col < 0, np.nan, col)
+            self._block_cols[name] = self.backend.to_device(np.ascontiguousarray(col))
+        return self._block_cols[name]
 
     @property
     def xp(self):
@@ -171,6 +195,7 @@ class Market:
             raise ValueError(f"book.ts must be non-decreasing; ts[{bad}] < ts[{bad - 1}]")
 
         tick_s = ts // NS_PER_S
+        blk = idx = None
         if blocks is not None:
             blk = _load_blocks(blocks)
             idx = align_blocks(ts, blk)
@@ -225,4 +250,6 @@ class Market:
             trade_side=trade_side,
             book=book,
             attrs=dict(getattr(book, "attrs", {}) or {}),
+            blocks=blk,
+            block_index=idx,
         )

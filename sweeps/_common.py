@@ -32,7 +32,9 @@ def run_cli(parser: argparse.ArgumentParser, func: Callable, argv=None) -> int:
 def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) -> None:
     g = p.add_argument_group("data and costs")
     g.add_argument("--data", default=None, required=data_required,
-                   help=f"book store (default {DEFAULT_BOOKS}, generated when absent)")
+                   help=f"book store (default {DEFAULT_BOOKS}, generated when absent); `blocks` (the --blocks "
+                        "dataset) or a block dataset .npy: the block history as a level-1 bar market "
+                        "(docs/POWERLAW.md)")
     g.add_argument("--blocks", default=None,
                    help=f"block dataset (default {DEFAULT_BLOCKS}, built when absent)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -47,11 +49,62 @@ def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) ->
     g.add_argument("--purge-frac", type=float, default=0.01,
                    help="gap between in- and out-of-sample, share of the span (default 0.01)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b = p.add_argument_group("the block history as a market (--data blocks)")
+    b.add_argument("--bar", default=None, metavar="1d",
+                   help="bar length: 1h, 1d or 1w (or N h/d/w; default 1d)")
+    b.add_argument("--spread-bps", type=float, default=None, metavar="BPS",
+                   help="bid-ask spread in bps (default: by era, gpu_engine/data/blocks/market.py SPREAD_ERAS)")
+    b.add_argument("--liquidity", type=float, default=None, metavar="USD",
+                   help="displayed size per side in quote currency, size = USD / price (default 100000)")
+    b.add_argument("--allow-modelled-prices", action="store_true",
+                   help="also trade bars whose price is modelled, not real (synthetic: validates nothing; "
+                        "the report names it)")
+    b.add_argument("--from", dest="bars_from", default=None, metavar="YYYY-MM-DD",
+                   help="first UTC day of the bars (default: the first real-priced bar)")
+    b.add_argument("--to", dest="bars_to", default=None, metavar="YYYY-MM-DD",
+                   help="last UTC day of the bars (default: the last real-priced bar)")
+
+
+BLOCK_FLAGS = (("bar", "--bar"), ("spread_bps", "--spread-bps"), ("liquidity", "--liquidity"),
+               ("allow_modelled_prices", "--allow-modelled-prices"), ("bars_from", "--from"), ("bars_to", "--to"))
+
+
+def is_blocks_data(args) -> bool:
+    """`--data blocks` or `--data PATH.npy`: the block history as a bar market."""
+    data = getattr(args, "data", None)
+    return data is not None and (str(data) == "blocks" or str(data).endswith(".npy"))
+
+
+def resolve_space(value):
+    """`--space NAME` -> sweeps/spaces/NAME.toml when NAME is not a path that exists."""
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.exists() and p.suffix == "" and "/" not in str(value):
+        named = Path(space_mod.DEFAULT_SPACE).parent / f"{value}.toml"
+        if named.is_file():
+            return str(named)
+    return value
 
 
 def check_args(args) -> None:
     def bad(flag, value, want):
         raise InputError(f"{flag}: value {value!r} {want}")
+
+    if hasattr(args, "space"):
+        args.space = resolve_space(args.space)
+    if is_blocks_data(args):
+        from gpu_engine.data.blocks import market as bars_mod
+
+        bars_mod.parse_bar(args.bar or bars_mod.DEFAULT_BAR)
+        bars_mod.check_costs(args.spread_bps, bars_mod.DEFAULT_LIQUIDITY if args.liquidity is None else args.liquidity)
+        for flag, value in (("--from", args.bars_from), ("--to", args.bars_to)):
+            if value is not None:
+                bars_mod.day_number(value, flag)
+    else:
+        for attr, flag in BLOCK_FLAGS:
+            if getattr(args, attr, None) not in (None, False):
+                raise InputError(f"{flag}: only with --data blocks (or --data PATH.npy, a block dataset)")
 
     if not (args.fee_bps >= 0 and np.isfinite(args.fee_bps)):
         bad("--fee-bps", args.fee_bps, "must be finite and >= 0")
@@ -68,12 +121,36 @@ def check_args(args) -> None:
 
 
 def costs(args) -> dict:
-    return {"fee_bps": float(args.fee_bps), "latency_ns": int(round(args.latency_ms * 1e6)),
-            "capital": float(args.capital)}
+    out = {"fee_bps": float(args.fee_bps), "latency_ns": int(round(args.latency_ms * 1e6)),
+           "capital": float(args.capital)}
+    if is_blocks_data(args):  # the bar market's settings: part of every fingerprint and of the cube's attrs
+        from gpu_engine.data.blocks import market as bars_mod
+
+        out["market"] = {"bar": args.bar or bars_mod.DEFAULT_BAR, "spread_bps": args.spread_bps,
+                         "liquidity": float(bars_mod.DEFAULT_LIQUIDITY if args.liquidity is None else args.liquidity),
+                         "allow_modelled_prices": bool(args.allow_modelled_prices),
+                         "from": args.bars_from, "to": args.bars_to}
+    return out
 
 
 def data_paths(args) -> tuple[Path, Path]:
-    """The book store and block dataset paths; explicit paths must exist (defaults are generated)."""
+    """The book store and block dataset paths; explicit paths must exist (defaults are generated).
+
+    With `--data blocks` both are the block dataset (--blocks, default data/blocks.npy); with
+    `--data PATH.npy` both are PATH.npy."""
+    if is_blocks_data(args):
+        if str(args.data) == "blocks":
+            path = Path(args.blocks or DEFAULT_BLOCKS)
+            if args.blocks is not None and not path.exists():
+                raise InputError(f"{args.blocks}: --blocks: no such file")
+        else:
+            path = Path(args.data)
+            if args.blocks is not None and Path(args.blocks).absolute() != path.absolute():
+                raise InputError(f"--blocks: with --data {args.data} the block dataset is --data itself; "
+                                 "give one of them (or --data blocks --blocks PATH)")
+            if not path.exists():
+                raise InputError(f"{args.data}: --data: no such file")
+        return path, path
     for flag, value in (("--data", args.data), ("--blocks", args.blocks)):
         if value is not None and not Path(value).exists():
             raise InputError(f"{value}: {flag}: no such file or store")
@@ -95,6 +172,7 @@ class Data:
     oos_bank: object
     scale: np.ndarray  # per bank row: std of the row over the in-sample ticks (NaN ignored)
     device: str
+    market: dict | None = None  # the bar market's description (--data blocks), else None
 
     def part(self, which: str):
         return (self.is_book, self.is_bank) if which == "is" else (self.oos_book, self.oos_bank)
@@ -116,6 +194,8 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
 
     spec = space_mod.feature_spec(space)  # unknown signal names fail here, before any data work
     book_path, blocks_path = data_paths(args)
+    if is_blocks_data(args):
+        return _load_blocks_market(args, spec, blocks_path, log)
     if args.blocks is None and not blocks_path.exists():
         log(f"building the block dataset {blocks_path} ...")
         ensure_blocks(blocks_path)
@@ -125,7 +205,7 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
         log(f"generating the synthetic book store {book_path} ...")
         synth.ensure_default(book_path, blocks=blocks_path)
     try:
-        book = books.load(book_path)
+        book = feature_cache.load_book(book_path, lambda: books.load(book_path))
     except InputError:
         raise
     except Exception as exc:
@@ -153,6 +233,54 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
                 validation.slice_book(book, split.in_sample), validation.slice_bank(bank, split.in_sample),
                 validation.slice_book(book, split.out_sample), validation.slice_bank(bank, split.out_sample),
                 scale, device)
+
+
+def _load_blocks_market(args, spec, path: Path, log) -> Data:
+    """`--data blocks`: the bar market of the block dataset (gpu_engine/data/blocks/market.py), its bank
+    (not cached: a few thousand bars build in a second) and the time split."""
+    from gpu_engine.backend import resolve
+    from gpu_engine.data.blocks import dataset as blocks
+    from gpu_engine.data.blocks import market as bars_mod
+    from gpu_engine.features import build_bank
+
+    if not path.exists():
+        if not args.allow_modelled_prices:
+            raise InputError(f"{path}: --data blocks: no block dataset; build one with real daily closes, "
+                             "`python -m gpu_engine.data blocks --prices FILE...` (docs/POWERLAW.md); the default "
+                             "dataset alone has modelled prices only (usable with --allow-modelled-prices)")
+        log(f"building the block dataset {path} ...")
+        ensure_blocks(path)
+    arr = blocks.load(path)
+    meta = blocks.load_meta(path) if blocks.sidecar_path(path).is_file() else {}
+    book, info = bars_mod.bars(arr, meta, bar=args.bar or bars_mod.DEFAULT_BAR, spread_bps=args.spread_bps,
+                               liquidity=bars_mod.DEFAULT_LIQUIDITY if args.liquidity is None else args.liquidity,
+                               allow_modelled=args.allow_modelled_prices, start=args.bars_from, end=args.bars_to,
+                               source=path)
+    try:
+        backend = resolve(args.device)
+    except RuntimeError as exc:
+        raise InputError(f"--device: value {args.device!r}: {exc}") from None
+    try:
+        split = validation.split_time(book.ts, args.is_frac, args.purge_frac)
+    except ValueError as exc:
+        raise InputError(f"{path}: --data: {exc}") from None
+    bank = build_bank(book, spec, xp=backend.xp, blocks=arr)
+    scale = _in_sample_scale(bank, split)
+    device = backend.name + (" (simulated)" if backend.simulated else "")
+    return Data(path, path, book, bank, split,
+                validation.slice_book(book, split.in_sample), validation.slice_bank(bank, split.in_sample),
+                validation.slice_book(book, split.out_sample), validation.slice_bank(bank, split.out_sample),
+                scale, device, market=info)
+
+
+def _in_sample_scale(bank, split) -> np.ndarray:
+    vals = np.asarray(bank.to_host()[:, split.in_sample], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(vals)
+        n = finite.sum(axis=1)
+        v = np.where(finite, vals, 0.0)
+        mean = v.sum(axis=1) / np.maximum(n, 1)
+        return np.sqrt((np.where(finite, (vals - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n - 1, 1))
 
 
 def configs_for(space: space_mod.Space, points: dict[str, np.ndarray], data: Data, cost: dict) -> dict:
@@ -228,6 +356,9 @@ class WarmBar:
 
 def input_paths(args, space) -> list[tuple[str, Path]]:
     """(flag, path) of what a sweep reads: its output may be none of them (`outputs.claim_output`)."""
+    if is_blocks_data(args):
+        path, _ = data_paths(args)
+        return [("--data", path), ("--space", Path(space.path))]
     return [("--data", Path(args.data or DEFAULT_BOOKS)), ("--blocks", Path(args.blocks or DEFAULT_BLOCKS)),
             ("--space", Path(space.path))]
 

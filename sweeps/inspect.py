@@ -164,10 +164,31 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
         stage(f"PBO: {math.comb(S, S // 2)} CSCV splits over {U.shape[1]} series")
         out["pbo"] = validation.pbo(U, n_splits=S)
         out["pbo_note"] = f"{U.shape[1]} distinct bucket series{note}, S={S}"
-    if B >= 10:
+    wf = ds.attrs.get("walk_forward") or {}
+    n_folds, mode = int(wf.get("n_folds", 4)), str(wf.get("mode", "rolling"))
+    if B >= 10 and B // (n_folds + 1) >= 1:
         stage("walk-forward")
-        out["wf"] = validation.walk_forward(M if M.shape[1] <= MAX_PBO_CONFIGS else U, n_folds=4, mode="rolling")
+        W = M if M.shape[1] <= MAX_PBO_CONFIGS else U
+        out["wf"] = validation.walk_forward(W, n_folds=n_folds, mode=mode)
+        out["wf_folds"] = [(tr, te, c, float(validation.sharpe(W[te, c]))) for tr, te, c in out["wf"].folds]
+        out["wf_spec"] = {"n_folds": n_folds, "mode": mode, "bucket_first_day": wf.get("bucket_first_day"),
+                          "unit": wf.get("unit")}
     return out
+
+
+def walk_forward_line(st: dict) -> str | None:
+    """The report's walk-forward line: mode, folds (dated on a bar market), out-of-fold Sharpe."""
+    if "wf" not in st:
+        return None
+    spec = st.get("wf_spec") or {"n_folds": 4, "mode": "rolling"}
+    days = spec.get("bucket_first_day")
+    line = (f"walk-forward ({spec['mode']}, {spec['n_folds']} folds"
+            + (f", {spec['unit']}" if spec.get("unit") else "")
+            + f" on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
+    if days:
+        parts = [f"{days[te.start][:7]} {sh:+.3f}" for _, te, _, sh in st.get("wf_folds", [])]
+        line += "; per test slice (from, Sharpe of the configuration chosen before it): " + ", ".join(parts)
+    return line
 
 
 def rank(m: dict, by: str) -> np.ndarray:
@@ -238,6 +259,7 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
         f"capital {costs.get('capital')}; thresholds in {attrs.get('thresholds', 'raw')} units; "
         f"split {attrs.get('split', {}).get('is_ticks')} in-sample / {attrs.get('split', {}).get('oos_ticks')} "
         f"out-of-sample ticks",
+        *market_lines(attrs),
         f"target: win rate in [{lo}, {hi}], Wilson lower bound > 0.5, trades >= {min_trades}, expectancy > 0",
         f"top {len(order)} by in-sample {by} (of {int(has_oos.sum())} with out-of-sample figures):",
     ]
@@ -263,11 +285,170 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
         lines.append(f"deflated Sharpe: best per-bucket Sharpe {d.sr:.3f} vs {d.sr0:.3f} expected from "
                      f"{int(d.n_trials)} unskilled trials -> DSR {d.dsr:.3f} "
                      f"({'significant' if d.dsr > 0.95 else 'not significant'} at 95%)")
-    if "wf" in st:
-        lines.append(f"walk-forward (rolling, 4 folds on in-sample buckets): out-of-fold Sharpe {st['wf'].oos_sharpe:.3f}")
+    wf_line = walk_forward_line(st)
+    if wf_line:
+        lines.append(wf_line)
     lines += stats_lines(st)
     lines.append(verdict(m, has_oos, lo, hi, min_trades) + evidence(st))
     return "\n".join(lines)
+
+
+def market_lines(attrs: dict) -> list[str]:
+    """A bar market's description (--data blocks) and, for a fixed-parameter companion search, what
+    was substituted."""
+    out = []
+    info = attrs.get("market")
+    settings = (attrs.get("costs") or {}).get("market")
+    if isinstance(info, dict) and info.get("kind") == "blocks-bars":
+        from gpu_engine.data.blocks.market import describe
+
+        out.append(describe(info))
+    elif isinstance(settings, dict):  # a grid cube: the bar settings only (they are in its costs)
+        spread = "by era" if settings.get("spread_bps") is None else f"{settings['spread_bps']:g} bps"
+        out.append(f"market: bars of {settings.get('bar')} from the block dataset, spread {spread}, "
+                   f"${settings.get('liquidity', 0):,.0f} displayed per side"
+                   + ("; --allow-modelled-prices: bars may carry MODELLED prices"
+                      if settings.get("allow_modelled_prices") else ""))
+    subs = attrs.get("substituted")
+    if subs:
+        out.append("features: FIXED published parameters (look-ahead) in place of the causal fits: "
+                   + ", ".join(f"{a} -> {b}" for a, b in subs))
+    return out
+
+
+def _column(ds: xr.Dataset, st: dict) -> dict:
+    """The figures of one search for `lookahead_comparison`."""
+    m, params, n = _flat(ds)
+    capital = float(ds.attrs.get("costs", {}).get("capital", 1.0))
+    by = ds.attrs.get("objective") or "sharpe"
+    has_oos = m.get("oos_evaluated", np.zeros(n, bool)).astype(bool)
+    order = [i for i in rank(m, by) if has_oos[i]]
+    trades = np.nan_to_num(m["trades"], nan=0.0) > 0
+    lo, hi = ds.attrs.get("target_win_rate") or (0.55, 0.60)
+    min_trades = ds.attrs.get("min_trades", 30)
+    def best(v):
+        return float(np.nanmax(np.where(trades, v, np.nan))) if trades.any() else float("nan")
+
+    col = {
+        "is_best_sharpe": best(m["sharpe"]),
+        "is_best_net": best(m["net_pnl"]) / capital,
+        "is_median_value": float(np.median(np.asarray(ds["value"].values, dtype=np.float64))),
+        "is_trading_share": float(trades.mean()),
+    }
+    if order:
+        i = order[0]
+        col.update(top=_wr(m, i) + f", exp {_fmt(m['expectancy'][i])}",
+                   oos_top=_wr(m, i, "oos_") + f", exp {_fmt(m['oos_expectancy'][i])}",
+                   oos_top_sharpe=float(m["oos_sharpe"][i]), oos_top_net=float(m["oos_net_pnl"][i]) / capital,
+                   oos_median_sharpe=float(np.nanmedian(m["oos_sharpe"][has_oos])),
+                   oos_median_net=float(np.nanmedian(m["oos_net_pnl"][has_oos])) / capital,
+                   signal=str(params["signal"][i]) if "signal" in params else "")
+    col["wf_sharpe"] = float(st["wf"].oos_sharpe) if "wf" in st else float("nan")
+    col["pbo"] = float(st["pbo"].pbo) if "pbo" in st else float("nan")
+    s = st.get("stats") or {}
+    col["dsr"] = s.get("dsr_n_trials")
+    col["spa"] = s.get("spa_pvalue_consistent")
+    col["verdict"] = verdict(m, has_oos, lo, hi, min_trades).split(" - ")[0].replace("VERDICT: ", "")
+    return col
+
+
+def _signal_figures(ds: xr.Dataset, label: str) -> dict:
+    """In-sample best Sharpe and net PnL / capital, and the walk-forward out-of-fold Sharpe, over the
+    configurations of one signal (e.g. pl_under) only."""
+    m, params, n = _flat(ds)
+    sig = np.asarray(params.get("signal", np.full(n, ""))).astype(str)
+    pick = (sig == label) & (np.nan_to_num(m["trades"], nan=0.0) > 0)
+    out = {"n": int((sig == label).sum()), "best_sharpe": float("nan"), "best_net": float("nan"),
+           "wf_sharpe": float("nan")}
+    if not pick.any():
+        return out
+    capital = float(ds.attrs.get("costs", {}).get("capital", 1.0))
+    out["best_sharpe"] = float(np.nanmax(m["sharpe"][pick]))
+    out["best_net"] = float(np.nanmax(m["net_pnl"][pick])) / capital
+    b = ds["bucket_pnl"]
+    dims = [d for d in b.dims if d != "bucket"] + ["bucket"]
+    M = np.asarray(b.transpose(*dims).values, dtype=np.float64).reshape(-1, b.sizes["bucket"])[pick].T / capital
+    M = M[:, np.isfinite(M).all(axis=0)]
+    wf = ds.attrs.get("walk_forward") or {}
+    n_folds, mode = int(wf.get("n_folds", 4)), str(wf.get("mode", "rolling"))
+    if M.shape[1] >= 1 and M.shape[0] >= 10 and M.shape[0] // (n_folds + 1) >= 1:
+        try:
+            out["wf_sharpe"] = float(validation.walk_forward(M, n_folds=n_folds, mode=mode).oos_sharpe)
+        except ValueError:
+            pass
+    return out
+
+
+def lookahead_comparison(causal: xr.Dataset, fixed: xr.Dataset, st_causal: dict | None = None,
+                         st_fixed: dict | None = None) -> str:
+    """The causal search beside the same search on the fixed-parameter (look-ahead) features, and how
+    much of the in-sample edge the look-ahead accounts for."""
+    st_causal = search_stats(causal) if st_causal is None else st_causal
+    st_fixed = search_stats(fixed) if st_fixed is None else st_fixed
+    a, b = _column(causal, st_causal), _column(fixed, st_fixed)
+    subs = fixed.attrs.get("substituted") or []
+    head_a = "causal (" + ", ".join(x for x, _ in subs) + ")" if subs else "causal"
+    head_b = "fixed (look-ahead)"
+
+    def f(v, spec=".4g"):
+        return "n/a" if v is None else _fmt(v, spec)
+
+    table = [  # (label, key, number format or None for text)
+        ("in-sample: best per-bucket Sharpe (configurations that trade)", "is_best_sharpe", ".4g"),
+        ("in-sample: best net PnL / capital", "is_best_net", ".4g"),
+        ("in-sample: median trial value (neighbourhood median objective)", "is_median_value", ".4g"),
+        ("in-sample: share of configurations that trade", "is_trading_share", ".3f"),
+        ("in-sample: top configuration", "top", None),
+        ("in-sample: top configuration's signal", "signal", None),
+        ("walk-forward out-of-fold Sharpe", "wf_sharpe", ".4g"),
+        ("out-of-sample: top configuration", "oos_top", None),
+        ("out-of-sample: top configuration Sharpe", "oos_top_sharpe", ".4g"),
+        ("out-of-sample: top configuration net PnL / capital", "oos_top_net", ".4g"),
+        ("out-of-sample: median Sharpe of those re-evaluated", "oos_median_sharpe", ".4g"),
+        ("PBO", "pbo", ".3f"),
+        ("DSR (N = configurations tried)", "dsr", ".3g"),
+        ("Hansen SPA p", "spa", ".3g"),
+        ("verdict", "verdict", None),
+    ]
+    rows = [(label, a.get(key, "-") if spec is None else f(a.get(key), spec),
+             b.get(key, "-") if spec is None else f(b.get(key), spec)) for label, key, spec in table]
+    pairs = []
+    for c_name, f_name in subs:
+        fa, fb = _signal_figures(causal, c_name), _signal_figures(fixed, f_name)
+        pairs.append((c_name, f_name, fa, fb))
+        rows += [
+            (f"{c_name} vs {f_name}: configurations", f(fa["n"]), f(fb["n"])),
+            (f"{c_name} vs {f_name}: in-sample best Sharpe", f(fa["best_sharpe"]), f(fb["best_sharpe"])),
+            (f"{c_name} vs {f_name}: in-sample best net PnL / capital", f(fa["best_net"]), f(fb["best_net"])),
+            (f"{c_name} vs {f_name}: walk-forward out-of-fold Sharpe", f(fa["wf_sharpe"]), f(fb["wf_sharpe"])),
+        ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(head_a), *(len(r[1]) for r in rows))
+    w2 = max(len(head_b), *(len(r[2]) for r in rows))
+    lines = ["look-ahead check: the same search, causal fits vs the fixed published parameters",
+             f"{'':<{w0}}  {head_a:>{w1}}  {head_b:>{w2}}"]
+    lines += [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]:>{w2}}" for r in rows]
+    for c_name, f_name, fa, fb in pairs:
+        lines.append(lookahead_share(fa["best_sharpe"], fb["best_sharpe"], f"in-sample best Sharpe of {c_name}"))
+    lines.append(lookahead_share(a["is_best_sharpe"], b["is_best_sharpe"],
+                                 "in-sample best Sharpe of the whole search (every signal)"))
+    lines.append(lookahead_share(a["is_best_net"], b["is_best_net"], "in-sample best net PnL of the whole search"))
+    return "\n".join(lines)
+
+
+def lookahead_share(causal: float, fixed: float, what: str) -> str:
+    """How much of the fixed-parameter search's edge (`what`) the look-ahead accounts for."""
+    if not (np.isfinite(causal) and np.isfinite(fixed)):
+        return f"look-ahead share of the {what}: n/a (a search without trades)"
+    if fixed <= 0:
+        return (f"look-ahead share of the {what}: n/a - the fixed-parameter search has no edge to explain "
+                f"({fixed:.4g}; causal {causal:.4g})")
+    share = (fixed - causal) / fixed
+    if share <= 0:
+        return (f"look-ahead share of the {what}: 0% - the causal search does as well ({causal:.4g} vs {fixed:.4g} "
+                "with the fixed parameters)")
+    return (f"look-ahead share of the {what}: {100 * min(share, 1.0):.0f}% of the fixed-parameter edge "
+            f"({fixed:.4g}) is gone with causal fits ({causal:.4g})" + (" - all of it" if share >= 1 else ""))
 
 
 def stats_attrs(st: dict) -> dict:
@@ -478,6 +659,14 @@ def run(args) -> int:
             out = heatmap(ds, args.heatmap[0], args.heatmap[1], args.metric, args.png, args.agg)
             print(f"heatmap: {out}")
         text = report(ds, args.top, args.by, args.target_win_rate, args.min_trades, stages=stages)
+        companion = ds.attrs.get("companion_fixed")
+        if companion and Path(companion).exists():  # the same search on the fixed-parameter features
+            try:
+                fixed = load_checked(open_checked(companion), companion)
+            except InputError as exc:
+                text += f"\nlook-ahead check: the fixed-parameter cube cannot be read ({exc})"
+            else:
+                text += "\n" + lookahead_comparison(ds, fixed)
     finally:
         stages.close()
     print(text)

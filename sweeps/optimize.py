@@ -36,6 +36,11 @@ synthetic books are generated when absent), then prints the report of
   system attrs of the mirror) is recorded on the batch's last trial and
   restored on resume. A run killed at any point and run again ends with the
   same cube and study as an uninterrupted run.
+- A database `--storage` (postgresql://...) makes the run one worker of a shared
+  study instead: any number of them, on one machine or many, claim batches of
+  trials in the database, send heartbeats, and retry (same parameters) the
+  trials of a worker that died; the worker that sees `--trials` completed writes
+  the one cube (sweeps/shared_study.py, docs/scaling.md).
 - `--out` is checked before any work: the cube of the same study (same
   storage, study name and fingerprint) is re-written with the study's trials
   (a re-run or an extension); anything else existing there is refused (exit 2)
@@ -45,6 +50,12 @@ synthetic books are generated when absent), then prints the report of
   then by in-sample objective) are re-evaluated out of sample, the cube is
   written (temporary sibling + rename) and the report printed.
 - Optuna's own time (ask with the suggestions, and tell) is measured per batch.
+- `--data blocks` (or a block dataset .npy) searches the block history as a bar market
+  (docs/POWERLAW.md): the report adds the market line and walk-forward over years. A space
+  using a causally fitted long-horizon feature (`sweeps/spaces/powerlaw.toml`) is searched a
+  second time with the fixed published parameters (look-ahead) in its place (study and cube
+  `<name>-fixed`), and both are printed side by side (`inspect.lookahead_comparison`);
+  `--no-fixed-comparison` skips it.
 """
 from __future__ import annotations
 
@@ -94,6 +105,12 @@ def build_parser():
     p.add_argument("--oos-top", type=int, default=50, help="configurations re-evaluated out of sample (default 50)")
     p.add_argument("--top", type=int, default=10, help="rows in the printed report (default 10)")
     p.add_argument("--no-html", action="store_true", help="do not write the report page <out>.html beside the cube")
+    p.add_argument("--no-fixed-comparison", action="store_true",
+                   help="with a causally fitted long-horizon feature in the space (pl_dev, pl_under, s2f_dev, "
+                        "s2f_under): skip the second search on its fixed (look-ahead) counterpart")
+    from sweeps import shared_study
+
+    shared_study.add_args(p)
     _common.add_data_args(p)
     return p
 
@@ -114,6 +131,9 @@ def check(args) -> None:
         raise InputError(f"--seed: value {args.seed!r} must be < 2**32")
     if args.study is not None and not args.study.strip():
         raise InputError("--study: the name is empty")
+    from sweeps import shared_study
+
+    shared_study.check_args(args)
 
 
 # ---------------------------------------------------------------- Optuna plumbing
@@ -171,8 +191,11 @@ def describe_storage(url: str | None) -> str:
     return url if _is_rdb(url) else str(Path(url.removeprefix("journal://")))
 
 
-def make_storage(url: str | None):
-    """The Optuna storage of `--storage` and its description; unusable storage -> InputError."""
+def make_storage(url: str | None, heartbeat: int | None = None, grace: int | None = None):
+    """The Optuna storage of `--storage` and its description; unusable storage -> InputError.
+
+    A database gets heartbeats every `heartbeat` s (trials failed after `grace` s without one)
+    when given: a shared study (sweeps/shared_study.py)."""
     import optuna
 
     url = url or DEFAULT_STORAGE
@@ -182,8 +205,10 @@ def make_storage(url: str | None):
         kwargs = {}
         if scheme.startswith(("postgresql", "mysql")):
             kwargs = {"engine_kwargs": {"connect_args": {"connect_timeout": RDB_CONNECT_TIMEOUT_S}}}
+        from sweeps import shared_study
+
         try:
-            return optuna.storages.RDBStorage(url, **kwargs), url
+            return shared_study.rdb_storage(url, heartbeat=heartbeat, grace=grace, **kwargs), url
         except ImportError as exc:
             raise InputError(f"--storage: {shown}: the database driver is not installed ({_first_line(exc)})") from None
         except Exception as exc:  # sqlalchemy: unknown dialect, unreachable server, unopenable file ...
@@ -364,6 +389,8 @@ def study_name(args, space, book_path: Path | None = None) -> str:
         return args.study
     book = Path(book_path or args.data or _common.DEFAULT_BOOKS)
     stem = book.name.removesuffix(".zarr") or book.stem
+    if _common.is_blocks_data(args):  # the block dataset as bars: data/blocks.npy -> blocks-1d
+        stem = f"{book.name.removesuffix('.npy')}-{args.bar or '1d'}"
     return f"{space.name}-{stem}-{args.objective}-{args.sampler}-s{args.seed}"
 
 
@@ -374,7 +401,7 @@ def fingerprint_fields(space, book_path: Path, cost: dict, args) -> dict:
             "fee_bps": cost["fee_bps"], "latency_ns": cost["latency_ns"], "capital": cost["capital"],
             "buckets": args.buckets, "is_frac": args.is_frac, "purge_frac": args.purge_frac,
             "objective": args.objective, "target_win_rate": [float(v) for v in args.target_win_rate],
-            "min_trades": args.min_trades}
+            "min_trades": args.min_trades, **({"market": cost["market"]} if "market" in cost else {})}
 
 
 def fingerprint(space, book_path: Path, cost: dict, args, data_sha256: str | None = None) -> str:
@@ -391,7 +418,8 @@ def fingerprint(space, book_path: Path, cost: dict, args, data_sha256: str | Non
 FIELD_TEXT = {"space_sha256": "space file contents", "data_sha256": "data (book store contents)",
               "fee_bps": "--fee-bps", "latency_ns": "--latency-ms (ns)", "capital": "--capital",
               "buckets": "--buckets", "is_frac": "--is-frac", "purge_frac": "--purge-frac",
-              "objective": "--objective", "target_win_rate": "--target-win-rate", "min_trades": "--min-trades"}
+              "objective": "--objective", "target_win_rate": "--target-win-rate", "min_trades": "--min-trades",
+              "market": "the bar market (--bar, --spread-bps, --liquidity, --allow-modelled-prices, --from, --to)"}
 
 
 def _conflict(name: str, storage_desc: str, old: dict | None, new: dict) -> InputError:
@@ -524,15 +552,76 @@ def _records_from_cube(out: Path, space, stamp_attrs: dict, study_trials: dict) 
 # ---------------------------------------------------------------- the run
 
 def run(args) -> int:
+    """The search; then, when the space uses a causally fitted long-horizon feature (pl_dev,
+    pl_under, s2f_dev, s2f_under: gpu_engine/features_longterm.py), the same search again with
+    each replaced by its fixed published-parameter (look-ahead) counterpart, and both side by
+    side (`inspect.lookahead_comparison`)."""
+    t0 = time.perf_counter()
+    check(args)
+    space = space_mod.load(args.space)
+    space_mod.feature_spec(space)  # unknown signal names, before anything is touched
+    fixed_space = None if args.no_fixed_comparison else lookahead_space(space)
+    if fixed_space is None:
+        _run(args, space)
+        return 0
+    fixed_args = _fixed_args(args, space)
+    out, st = _run(args, space, companion=fixed_args.out)
+    print(f"look-ahead check: the same search with the fixed published parameters (look-ahead) in place of the "
+          f"causal fits ({', '.join(f'{a} -> {b}' for a, b in fixed_space.substituted)}) ...", flush=True)
+    fixed_out, fixed_st = _run(fixed_args, fixed_space, print_report=False)
+    if st is None or fixed_st is None:  # a shared-study worker that did not write a cube: the writer compares
+        return 0
+    from sweeps import inspect as inspect_mod
+
+    print(inspect_mod.lookahead_comparison(results.open_cube(out), results.open_cube(fixed_out), st, fixed_st))
+    print(f"both searches: wall {time.perf_counter() - t0:.1f} s (fixed-parameter cube: {fixed_out})")
+    return 0
+
+
+def lookahead_space(space):
+    """The space with every causal long-horizon feature replaced by its fixed (look-ahead) counterpart
+    (`features_longterm.FIXED_OF`), named `<name>-fixed`; None when the space uses none of them.
+    The substitutions are in `.substituted` as (causal, fixed) pairs."""
+    import tomllib
+
+    from gpu_engine.features_longterm import FIXED_OF
+
+    used = [v for key in ("signal", "regime") for v in space.features(key)]
+    subs = [(name, FIXED_OF[name]) for name in dict.fromkeys(space_mod.parse_feature(v)[0] for v in used)
+            if name in FIXED_OF]
+    if not subs:
+        return None
+    text = space.text
+    for a, b in subs:
+        text = re.sub(rf'"{re.escape(a)}"', f'"{b}"', text)
+    fixed = space_mod.parse(tomllib.loads(text), space.path, text)
+    fixed.name = f"{space.name}-fixed"
+    fixed.substituted = subs
+    return fixed
+
+
+def _fixed_args(args, space):
+    """The companion run's arguments: its own study (`<study>-fixed`) and cube (`<cube>-fixed.zarr`)."""
+    import copy
+
+    a = copy.copy(args)
+    book_path, _ = _common.data_paths(args)
+    name = study_name(args, space, book_path)
+    a.study = f"{name}-fixed"
+    out = Path(args.out) if args.out else Path("results") / f"{name}.zarr"
+    a.out = str(out.with_name(out.name.removesuffix(".zarr") + "-fixed.zarr"))
+    a.no_html = True
+    return a
+
+
+def _run(args, space, print_report: bool = True, companion: str | None = None):
+    """One search (see the module docstring): returns (cube path, search statistics)."""
     import optuna
     from optuna.trial import TrialState
 
     t_start = time.perf_counter()
-    check(args)
     if args.device != "cuda":
         kernels.preload_cpu()  # overlaps the data loading; a no-op when the kernel is not cached
-    space = space_mod.load(args.space)
-    space_mod.feature_spec(space)  # unknown signal names, before anything is touched
     cost = _common.costs(args)
     book_path, _ = _common.data_paths(args)
     name = study_name(args, space, book_path)
@@ -565,7 +654,9 @@ def run(args) -> int:
     # is only checked here and created after the data loaded, so bad data leaves no journal behind.
     persist = None
     if _is_rdb(args.storage or DEFAULT_STORAGE):
-        storage, storage_desc = make_storage(args.storage)
+        from sweeps import shared_study
+
+        storage, storage_desc = make_storage(args.storage, *shared_study.heartbeat_settings(args))
         persist = open_study(storage, storage_desc, name, fp, fields) if fp else None
     else:
         check_journal_path(args.storage)
@@ -581,64 +672,74 @@ def run(args) -> int:
     stamp = json.dumps(stamp_attrs, sort_keys=True)
     t_data = time.perf_counter() - t_start
 
-    # The persistent study (journal/RDB) receives each batch's finished trials in one add_trials;
-    # the sampler runs on an in-memory mirror of it, so Optuna's per-operation storage cost is
-    # paid once per trial instead of once per suggest / constraint (measured: benchmarks/RESULTS.md).
-    previous = persist.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if _complete_partial_batch(parts, persist, len(previous), stamp) != len(previous):
-        previous = persist.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    study = optuna.create_study(direction="maximize")
-    study.add_trials(previous)
-    seen_attrs = _restore_mirror_attrs(study, previous)
-    completed = len(previous)
-    _drop_stale_parts(parts, completed, stamp)
-    if completed:
-        log(f"study {name!r}: resuming with {completed} completed trials")
+    shared = None  # a database --storage: this run is one worker of a shared study (sweeps/shared_study.py)
+    if _is_rdb(args.storage or DEFAULT_STORAGE):
+        from sweeps import shared_study
 
-    nb = space.neighbourhood_size
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    stop_mid = int(os.environ.get(STOP_MID_ENV, "0") or 0)
-    timings = []
-    bar = _common.WarmBar(args.trials, "trial", args.no_progress, initial=min(completed, args.trials),
-                         desc="optimize")
-    batches = 0
-    while completed < args.trials:
-        k = min(args.batch, args.trials - completed)
-        t0 = time.perf_counter()
-        study.sampler = make_sampler(args.sampler, args.seed, args.batch, first_trial=completed)
-        trials = [study.ask() for _ in range(k)]
-        chosen = [space.suggest(t) for t in trials]
-        _record_mirror_attrs(study, trials[-1], seen_attrs)
-        t_ask = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        rec = evaluate_trials(chosen, [t.number for t in trials], space, data, cost, args)
-        rec["stamp"] = np.array(stamp)
-        t_eval = time.perf_counter() - t1
-        _save_part(parts, int(rec["trial"].min()), rec)
-        if stop_mid and batches + 1 >= stop_mid:
-            bar.close()
-            os._exit(137)  # simulated kill -9 between the part file and the stored trials
-        t2 = time.perf_counter()
-        for t, v, c in zip(trials, rec["value"], rec["constraints"]):
-            for cname, cv in zip(CONSTRAINTS, c):
-                t.set_constraint(cname, float(cv))
-            study.tell(t, float(v))
-        finished = study.get_trials(deepcopy=False)  # (study.trials deep-copies every trial)
-        finished = [finished[t.number] for t in trials]
-        _save_trials(parts, int(rec["trial"].min()), finished, stamp)
-        persist.add_trials(finished)
-        t_tell = time.perf_counter() - t2
-        total = time.perf_counter() - t0
-        timings.append({"trials": k, "configs": k * nb, "ask_s": t_ask, "eval_s": t_eval, "tell_s": t_tell,
-                        "total_s": total, "optuna_share": (t_ask + t_tell) / total})
-        completed += k
-        batches += 1
-        bar.update(k)
-        bar.set_postfix(optuna=f"{100 * (t_ask + t_tell) / total:.1f}%", cfg_s=f"{k * nb / max(t_eval, 1e-9):.0f}")
-        if stop_after and batches >= stop_after:
-            bar.close()
-            os._exit(137)  # simulated kill -9
-    bar.close()
+        shared = shared_study.Worker(persist, name=name, out=out, parts=parts, stamp=stamp, space=space, data=data,
+                                     cost=cost, args=args, log=log)
+        if not shared.run():  # another worker writes the cube
+            return out, None
+        study, timings, nb = persist, shared.timings, space.neighbourhood_size
+    else:
+        # The persistent study (journal) receives each batch's finished trials in one add_trials;
+        # the sampler runs on an in-memory mirror of it, so Optuna's per-operation storage cost is
+        # paid once per trial instead of once per suggest / constraint (measured: benchmarks/RESULTS.md).
+        previous = persist.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if _complete_partial_batch(parts, persist, len(previous), stamp) != len(previous):
+            previous = persist.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        study = optuna.create_study(direction="maximize")
+        study.add_trials(previous)
+        seen_attrs = _restore_mirror_attrs(study, previous)
+        completed = len(previous)
+        _drop_stale_parts(parts, completed, stamp)
+        if completed:
+            log(f"study {name!r}: resuming with {completed} completed trials")
+
+        nb = space.neighbourhood_size
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        stop_mid = int(os.environ.get(STOP_MID_ENV, "0") or 0)
+        timings = []
+        bar = _common.WarmBar(args.trials, "trial", args.no_progress, initial=min(completed, args.trials),
+                             desc="optimize")
+        batches = 0
+        while completed < args.trials:
+            k = min(args.batch, args.trials - completed)
+            t0 = time.perf_counter()
+            study.sampler = make_sampler(args.sampler, args.seed, args.batch, first_trial=completed)
+            trials = [study.ask() for _ in range(k)]
+            chosen = [space.suggest(t) for t in trials]
+            _record_mirror_attrs(study, trials[-1], seen_attrs)
+            t_ask = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            rec = evaluate_trials(chosen, [t.number for t in trials], space, data, cost, args)
+            rec["stamp"] = np.array(stamp)
+            t_eval = time.perf_counter() - t1
+            _save_part(parts, int(rec["trial"].min()), rec)
+            if stop_mid and batches + 1 >= stop_mid:
+                bar.close()
+                os._exit(137)  # simulated kill -9 between the part file and the stored trials
+            t2 = time.perf_counter()
+            for t, v, c in zip(trials, rec["value"], rec["constraints"]):
+                for cname, cv in zip(CONSTRAINTS, c):
+                    t.set_constraint(cname, float(cv))
+                study.tell(t, float(v))
+            finished = study.get_trials(deepcopy=False)  # (study.trials deep-copies every trial)
+            finished = [finished[t.number] for t in trials]
+            _save_trials(parts, int(rec["trial"].min()), finished, stamp)
+            persist.add_trials(finished)
+            t_tell = time.perf_counter() - t2
+            total = time.perf_counter() - t0
+            timings.append({"trials": k, "configs": k * nb, "ask_s": t_ask, "eval_s": t_eval, "tell_s": t_tell,
+                            "total_s": total, "optuna_share": (t_ask + t_tell) / total})
+            completed += k
+            batches += 1
+            bar.update(k)
+            bar.set_postfix(optuna=f"{100 * (t_ask + t_tell) / total:.1f}%", cfg_s=f"{k * nb / max(t_eval, 1e-9):.0f}")
+            if stop_after and batches >= stop_after:
+                bar.close()
+                os._exit(137)  # simulated kill -9
+        bar.close()
 
     done = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     recs = []
@@ -657,6 +758,13 @@ def run(args) -> int:
                                         space, data, cost, args))
     ds = assemble(study, recs, space, args)
     ds = reevaluate_oos(ds, space, data, cost, args)
+    market_attrs = {}
+    if data.market is not None:
+        market_attrs = {"market": data.market, "walk_forward": yearly_walk_forward(data, args.buckets)}
+    if companion is not None:
+        market_attrs["companion_fixed"] = str(companion)
+    if getattr(space, "substituted", None):
+        market_attrs["substituted"] = [list(x) for x in space.substituted]
     wall = time.perf_counter() - t_start
     opt = sum(t["ask_s"] + t["tell_s"] for t in timings)
     loop = sum(t["total_s"] for t in timings)
@@ -669,14 +777,19 @@ def run(args) -> int:
         batch=args.batch, n_trials=int(ds.sizes["trial"]), n_configs=int(ds.sizes["trial"] * ds.sizes["config"]),
         data_prep_s=t_data, batches=timings,
         optuna_share=(opt / loop) if loop else None,
-        optuna_share_max=max((t["optuna_share"] for t in timings), default=None))
+        optuna_share_max=max((t["optuna_share"] for t in timings), default=None), **market_attrs)
     from sweeps import inspect as inspect_mod
 
     st = inspect_mod.search_stats(ds)  # PBO, DSR, effective trials, SPA: in the cube, the report and the page
     ds.attrs["search_stats"] = inspect_mod.stats_attrs(st)
     results.write_cube(ds, out)
     _remove_parts(parts)  # only now: the cube holds every row
+    if shared is not None:
+        shared.cube_written()
 
+    if not print_report:
+        print(f"  fixed-parameter search: {int(ds.sizes['trial'])} trials, cube {out}, wall {wall:.1f} s", flush=True)
+        return out, st
     cube = results.open_cube(out)
     print(inspect_mod.report(cube, top=args.top, stats=st))
     if timings:
@@ -691,7 +804,21 @@ def run(args) -> int:
         from sweeps import report_html
 
         report_html.write_beside(out, top=args.top, stats=st)
-    return 0
+    return out, st
+
+
+def yearly_walk_forward(data, buckets: int) -> dict:
+    """Walk-forward over years on the in-sample buckets of a bar market: anchored folds whose test
+    slices are about one year each (validation.walk_forward cuts equal slices of buckets), and the
+    first UTC day of every in-sample bucket, so that the report can date the folds."""
+    ts = np.asarray(data.is_book.ts, dtype=np.int64)
+    T = ts.size
+    span_days = (int(ts[-1]) - int(ts[0])) / 86_400e9
+    n_folds = int(max(1, min(round(span_days / 365.25) - 1, buckets // 2 - 1)))
+    first = [int(ts[(b * T) // buckets]) // 1_000_000_000 for b in range(buckets)]
+    days = [str(np.datetime64(t, "s").astype("datetime64[D]")) for t in first]
+    return {"mode": "anchored", "n_folds": n_folds, "unit": "about one year per test slice",
+            "bucket_first_day": days}
 
 
 def _cube_attrs(out: Path) -> dict:

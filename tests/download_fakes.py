@@ -8,7 +8,8 @@ Range, a slow body (N bytes, then a pause). Bytes written are counted per path (
 
 Builders turn a slice of a real Binance capture (`<local_ns> <json>` lines) into the files the
 providers publish: Tardis CSVs (incremental_book_L2, trades, quotes, book_snapshot_25) and
-Binance archive CSVs (trades, aggTrades, bookTicker) zipped with their `.CHECKSUM`.
+Binance archive CSVs (trades, aggTrades, bookTicker) zipped with their `.CHECKSUM`; `klines_csv`
+writes spot 1d klines (monthly or daily zips: `ArchiveFake.add_klines`).
 """
 from __future__ import annotations
 
@@ -185,6 +186,39 @@ class ArchiveFake(FakeServer):
         sha = checksum or hashlib.sha256(data).hexdigest()
         self.files[p + ".CHECKSUM"] = f"{sha}  {name}\n".encode()
         return p
+
+
+    def kline_path(self, symbol, interval, stamp, market="spot") -> str:
+        """`/data/spot/{monthly|daily}/klines/{SYMBOL}/{interval}/{SYMBOL}-{interval}-{YYYY-MM[-DD]}.zip`."""
+        period = "monthly" if len(stamp) == 7 else "daily"
+        return f"/data/{self.MARKETS[market]}/{period}/klines/{symbol}/{interval}/{symbol}-{interval}-{stamp}.zip"
+
+    def add_klines(self, symbol, interval, stamp, csv_text: str, checksum: str | None = None) -> str:
+        """A klines zip (monthly when `stamp` is YYYY-MM, daily when YYYY-MM-DD) with its .CHECKSUM."""
+        p = self.kline_path(symbol, interval, stamp)
+        name = p.rsplit("/", 1)[1]
+        data = zip_bytes(name[:-4] + ".csv", csv_text)
+        self.files[p] = data
+        sha = checksum or hashlib.sha256(data).hexdigest()
+        self.files[p + ".CHECKSUM"] = f"{sha}  {name}\n".encode()
+        return p
+
+
+def klines_csv(days, closes, micros: bool | None = None) -> str:
+    """Spot 1d klines as the archive publishes them: no header row, 12 fields, open/close times
+    in milliseconds before 2025-01-01 and microseconds from then on (`micros` forces one unit).
+    `days` are ISO dates, `closes` their closes (open/high/low derived from them)."""
+    from datetime import date
+
+    rows = []
+    for d, c in zip(days, closes):
+        day = (date.fromisoformat(d) - date(1970, 1, 1)).days
+        us = micros if micros is not None else d >= "2025-01-01"
+        unit = 86_400_000_000 if us else 86_400_000
+        t0 = day * unit
+        rows.append(f"{t0},{c * 0.99:.8f},{c * 1.02:.8f},{c * 0.97:.8f},{c:.8f},1234.5,{t0 + unit - 1},"
+                    f"{1234.5 * c:.8f},1000,600.0,{600.0 * c:.8f},0")
+    return "\n".join(rows) + "\n"
 
 
 def zip_bytes(member: str, text: str) -> bytes:

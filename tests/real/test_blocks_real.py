@@ -24,7 +24,7 @@ TWELVE_HOURS = 12 * 3600
 def built(real_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("blocks_real") / "blocks.npy"
     rc = cli_main(["blocks", "--until", "2026-01-31", "--out", str(out),
-                   "--prices", str(real_dir / YAHOO), str(real_dir / CM),
+                   "--prices", str(real_dir / CM), str(real_dir / YAHOO),
                    "--chain-stats", str(real_dir / BV), str(real_dir / CM)])
     assert rc == 0
     return B.load(out), B.load_meta(out), out
@@ -76,7 +76,7 @@ def test_block_at_a_close_carries_that_close(built, real_dir, name, capsys):
     blocks, _, _ = built
     series = read_prices(real_dir / name)
     day, close = series.day, series.value
-    if name == CM:  # Yahoo was given first and wins where both cover a day
+    if name == CM:  # Yahoo was given last and wins where both cover a day
         keep = day < read_prices(real_dir / YAHOO).day[0]
         day, close = day[keep], close[keep]
     stamps = (day + 1) * 86400

@@ -73,7 +73,8 @@ from pathlib import Path
 import numpy as np
 
 from gpu_engine.data.blocks.price import block_prices
-from gpu_engine.data.blocks.sources import DailySeries, parse_day, read_chain_stats, read_prices
+from gpu_engine.data.blocks.sources import (DailySeries, as_one_series, parse_day, read_chain_stats,
+                                            read_prices)
 from gpu_engine.data.blocks.timemap import build_time_map
 from gpu_engine.errors import InputError
 from gpu_engine.outputs import claim_output, clean_stale_temps, is_ours
@@ -265,7 +266,17 @@ def build(n_blocks=None, until=None, prices=(), chain_stats=(), seed=0, *, now=N
     sup = supply_sat(heights)
     s2f = stock_to_flow(sup, sub)
     lpl = log_fair_pl(times)
-    price, source, price_info = block_prices(times, heights, lpl, price_series, seed, log_fair_pl)
+    merged = None
+    if price_series:  # several files: one merged series, a later file winning (sources.merge_prices)
+        one, merged = as_one_series(price_series)
+        price_series_used = [one]
+    else:
+        price_series_used = []
+    price, source, price_info = block_prices(times, heights, lpl, price_series_used, seed, log_fair_pl)
+    if merged is not None and price_info.get("real") is not None:
+        price_info["real"]["merge"] = "on a day several price files cover, the LATER file given wins"
+    if merged is not None:
+        price_info["sources"] = merged.describe(price_series)
 
     arr = np.empty(n, dtype=BLOCK_DTYPE)
     arr["height"] = heights
@@ -555,6 +566,47 @@ def power_law_r2(blocks) -> dict | None:
             "blocks": int(real.sum())}
 
 
+def _price_source_lines(meta: dict, limit: int = 6) -> list[str]:
+    """Which price file priced which span, and the days without a price (sidecar `price.sources`)."""
+    src = ((meta or {}).get("price") or {}).get("sources")
+    if not src:
+        return []
+    spans = src.get("spans") or []
+    groups: list[list] = []  # consecutive spans of files of one format in one folder: one line
+    for sp in spans:
+        key = (sp["format"], str(Path(sp["path"]).parent))
+        if groups and groups[-1][0] == key and sp["format"] == "binance_klines":
+            g = groups[-1]
+            g[1].add(sp["path"])
+            g[3], g[4] = sp["last_day"], g[4] + sp["days"]
+        else:
+            groups.append([key, {sp["path"]}, sp["first_day"], sp["last_day"], sp["days"]])
+    lines = [f"price sources ({src.get('rule', '')}):"]
+    for (fmt, folder), paths, a, b, n in groups[:limit]:
+        who = next(iter(paths)) if len(paths) == 1 else f"{len(paths)} files in {folder}"
+        lines.append(f"  {a} .. {b}: {who} ({fmt}, {n:,} days)")
+    if len(groups) > limit:
+        lines.append(f"  ... and {len(groups) - limit} more spans (sidecar price.sources.spans)")
+    missing = src.get("missing_days") or []
+    if missing:
+        n = sum(int((np.datetime64(b) - np.datetime64(a)).astype(int)) + 1 for a, b in missing)
+        shown = ", ".join(a if a == b else f"{a}..{b}" for a, b in missing[:4])
+        lines.append(f"  gaps: {n} day{'s' if n != 1 else ''} without a price in {len(missing)} run"
+                     f"{'s' if len(missing) != 1 else ''} ({shown}{', ...' if len(missing) > 4 else ''}); "
+                     "those bars are not traded")
+    else:
+        lines.append("  gaps: none")
+    file_gaps = [(i["path"], g) for i in (meta.get("inputs") or []) if i.get("role") == "prices"
+                 for g in i.get("gaps") or []]
+    for path, g in file_gaps[:5]:
+        span = g["first_missing"] + ("" if g["days"] == 1 else f"..{g['last_missing']}")
+        lines.append(f"  {path}:{g['line']}: gap: {g['days']} day{'s' if g['days'] != 1 else ''} without a price "
+                     f"({span})")
+    if len(file_gaps) > 5:
+        lines.append(f"  ... {len(file_gaps) - 5} more gaps inside the files (sidecar inputs[].gaps)")
+    return lines
+
+
 def _btc(sat: int) -> str:
     """Satoshi as BTC in plain decimals (never 4e-08)."""
     return f"{sat / COIN:.8f}".rstrip("0").rstrip(".")
@@ -588,6 +640,7 @@ def summary(blocks, meta) -> str:
         lines.append(f"power law vs real prices (log-log): R^2 {fit['r2_model']:.4f} for the fixed model; "
                      f"OLS refit R^2 {fit['r2_refit']:.4f} (n={fit['refit_n']:.3f}, "
                      f"log10 A={fit['refit_log10A']:.3f})")
+    lines += _price_source_lines(meta)
     if "time_source" in (blocks.dtype.names or ()):
         ts = np.asarray(blocks["time_source"]) == 1
         if ts.any():
@@ -633,7 +686,9 @@ def add_cli(subparsers) -> None:
     g.add_argument("--blocks", type=int, metavar="N", help="number of blocks (heights 0..N-1)")
     g.add_argument("--until", metavar="YYYY-MM-DD", help="every block up to the end of this UTC day")
     p.add_argument("--prices", nargs="+", action="extend", default=[], metavar="CSV",
-                   help="daily BTC/USD closes (Yahoo OHLCV or Coin Metrics CSV); first file wins on overlap")
+                   help="daily BTC/USD closes (Yahoo OHLCV or Coin Metrics CSV, Binance 1d klines .zip/.csv); "
+                        "several files (repeated, space- or comma-separated): a LATER file wins where they "
+                        "overlap")
     p.add_argument("--chain-stats", nargs="+", action="extend", default=[], metavar="CSV",
                    help="daily block counts (bitcoinvisuals or Coin Metrics CSV) refining the time map")
     p.add_argument("--seed", type=int, default=None, help="synthetic price seed (default 0)")
@@ -704,6 +759,17 @@ def _check_source_args(args) -> None:
         raise InputError.at("--max-polls", None, None, f"must be >= 1, got {args.max_polls}")
 
 
+def split_list(values) -> list[str]:
+    """`--prices A,B --prices C` -> [A, B, C] (a name that exists as a file is never split)."""
+    out = []
+    for v in values:
+        if "," in v and not Path(v).exists():
+            out += [x.strip() for x in v.split(",") if x.strip()]
+        else:
+            out.append(v)
+    return out
+
+
 def _cli(args) -> int:
     if args.summary is not None:
         if (args.blocks is not None or args.until or args.prices or args.chain_stats or args.seed is not None
@@ -720,6 +786,7 @@ def _cli(args) -> int:
         return 0
     if args.seed is not None and args.seed < 0:
         raise InputError.at("--seed", None, None, f"must be a non-negative integer, got {args.seed}")
+    args.prices = split_list(args.prices)
     _check_source_args(args)
     inputs = [("--prices", q) for q in args.prices] + [("--chain-stats", q) for q in args.chain_stats]
     for flag, q in inputs:

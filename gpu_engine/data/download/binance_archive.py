@@ -1,6 +1,9 @@
-"""The Binance public-data archive (data.binance.vision): daily trades, aggTrades, bookTicker zips.
+"""The Binance public-data archive (data.binance.vision): daily trades, aggTrades, bookTicker zips,
+and spot klines (candles) for daily prices.
 
     https://data.binance.vision/data/{spot|futures/um|futures/cm}/daily/{type}/{SYMBOL}/{SYMBOL}-{type}-{YYYY-MM-DD}.zip
+    https://data.binance.vision/data/spot/monthly/klines/{SYMBOL}/{interval}/{SYMBOL}-{interval}-{YYYY-MM}.zip
+    https://data.binance.vision/data/spot/daily/klines/{SYMBOL}/{interval}/{SYMBOL}-{interval}-{YYYY-MM-DD}.zip
 
 Each zip has `<zip>.CHECKSUM` beside it (`<sha256>  <file name>`). The checksum is fetched
 first; the zip is complete only when its sha256 equals it and its CRCs check
@@ -14,7 +17,13 @@ What the archive holds (and what is refused before anything is fetched):
   2024-03-30: later days answer 404 and are reported as missing;
 * `bookDepth` is cumulative notional in percentage bands around the mid, not an order book:
   refused as a book type;
-* klines and the other types are not handled here.
+* `klines` (spot only, `--interval`, e.g. 1d): one monthly file for every calendar month that
+  lies wholly inside --from..--to and ended before the current UTC month, daily files for the
+  other days; mirrored under `{out}/binance/spot/{monthly|daily}/klines/{SYMBOL}/{interval}/`.
+  Spot klines files have no header row; their times are milliseconds, microseconds from
+  2025-01-01. They are prices, not a book: `--import` skips them; 1d klines feed
+  `python -m gpu_engine.data blocks --prices FILE...` (gpu_engine/data/blocks/sources.py);
+* the other types are not handled here.
 Missing days (404) are reported and the run goes on. `GPU_ENGINE_BINANCE_ARCHIVE_URL` (or
 `--base-url`) replaces the base URL (tests use a loopback server).
 """
@@ -32,8 +41,10 @@ from gpu_engine.outputs import clean_stale_temps, tmp_sibling
 BASE_URL = "https://data.binance.vision"
 BASE_URL_ENV = "GPU_ENGINE_BINANCE_ARCHIVE_URL"
 MARKETS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
-TYPES = ("trades", "aggTrades", "bookTicker")
+TYPES = ("trades", "aggTrades", "bookTicker", "klines")
 DEFAULT_TYPES = ("trades",)
+# the kline intervals the archive publishes (binance-public-data README)
+KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1mo")
 BOOK_TICKER_LAST_DAY = date(2024, 3, 30)
 CHECKSUM_SUFFIX = ".CHECKSUM"
 
@@ -41,7 +52,7 @@ _CHECKSUM = re.compile(r"^\s*([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 _SYMBOL = re.compile(r"^[A-Z0-9_]+$")
 
 
-def check_args(market: str | None, symbol: str, types: list[str]) -> None:
+def check_args(market: str | None, symbol: str, types: list[str], interval: str | None = None) -> None:
     if market not in MARKETS:
         raise InputError("--market is required with --source binance-archive: spot, um (USD-M futures) "
                          "or cm (COIN-M futures)")
@@ -58,19 +69,73 @@ def check_args(market: str | None, symbol: str, types: list[str]) -> None:
         if t == "bookTicker" and market == "spot":
             raise InputError("--types bookTicker: the archive has bookTicker for futures only "
                              "(--market um or cm), not for spot")
+        if t == "klines" and market != "spot":
+            raise InputError("--types klines: handled for --market spot (the daily BTC/USD proxy BTCUSDT); "
+                             "futures klines have another layout (a header row from 2022)")
+    if "klines" in types:
+        if interval is None:
+            raise InputError("--types klines needs --interval (e.g. --interval 1d for daily closes)")
+        if interval not in KLINE_INTERVALS:
+            raise InputError(f"--interval {interval!r}: the archive's kline intervals are {', '.join(KLINE_INTERVALS)}")
+    elif interval is not None:
+        raise InputError("--interval is for --types klines")
 
 
-def folder(out: Path, market: str) -> Path:
-    return Path(out) / "binance" / MARKETS[market] / "daily"
+def folder(out: Path, market: str, types=()) -> Path:
+    """Where the files go: `.../daily` (klines: the market's folder, holding daily/ and monthly/)."""
+    base = Path(out) / "binance" / MARKETS[market]
+    return base if "klines" in types else base / "daily"
+
+
+def kline_folder(out: Path, market: str, period: str, symbol: str, interval: str) -> Path:
+    return Path(out) / "binance" / MARKETS[market] / period / "klines" / symbol.upper() / interval
+
+
+def kline_periods(days: list[date], today: date) -> list[tuple[str, date, str]]:
+    """(period, first day, stamp) of the kline files covering `days`: a monthly file ("monthly",
+    the month's first day, "YYYY-MM") for every month wholly inside `days` that ended before
+    `today`'s month, a daily file ("daily", the day, "YYYY-MM-DD") for every other day."""
+    chosen = set(days)
+    out, seen = [], set()
+    for d in days:
+        first = d.replace(day=1)
+        nxt = (first.replace(year=first.year + 1, month=1) if first.month == 12
+               else first.replace(month=first.month + 1))
+        whole = all(first.fromordinal(o) in chosen for o in range(first.toordinal(), nxt.toordinal()))
+        if whole and nxt <= today.replace(day=1):
+            if first not in seen:
+                seen.add(first)
+                out.append(("monthly", first, first.strftime("%Y-%m")))
+        else:
+            out.append(("daily", d, d.isoformat()))
+    return out
+
+
+def kline_jobs(out: Path, market: str, symbol: str, interval: str, days: list[date], base: str,
+               today: date) -> list[Job]:
+    sym = symbol.upper()
+    result = []
+    for period, first, stamp in kline_periods(days, today):
+        name = f"{sym}-{interval}-{stamp}.zip"
+        url = f"{base}/data/{MARKETS[market]}/{period}/klines/{sym}/{interval}/{name}"
+        result.append(Job(url=url, dest=kline_folder(out, market, period, sym, interval) / name, check=lambda: None,
+                          label=f"klines {interval} {stamp}", day=first, kind="klines"))
+    return result
 
 
 def jobs(out: Path, market: str, symbol: str, types: list[str], days: list[date],
-         base_url: str | None = None) -> list[Job]:
+         base_url: str | None = None, interval: str | None = None, today: date | None = None) -> list[Job]:
     base = (base_url or os.environ.get(BASE_URL_ENV) or BASE_URL).rstrip("/")
     sym = symbol.upper()
     result = []
+    if "klines" in types:
+        from gpu_engine.data.download.http import utc_today
+
+        result += kline_jobs(out, market, sym, interval, days, base, today or utc_today())
     for day in days:
         for t in types:
+            if t == "klines":
+                continue
             name = f"{sym}-{t}-{day.isoformat()}.zip"
             url = f"{base}/data/{MARKETS[market]}/daily/{t}/{sym}/{name}"
             result.append(Job(url=url, dest=folder(out, market) / t / sym / name, check=lambda: None,
@@ -129,6 +194,8 @@ def fetch(client: Client, job: Job) -> Outcome:
 def _missing_hint(job: Job) -> str:
     if job.kind == "bookTicker" and job.day is not None and job.day > BOOK_TICKER_LAST_DAY:
         return f" (the archive's daily bookTicker files stop at {BOOK_TICKER_LAST_DAY.isoformat()})"
+    if job.kind == "klines":
+        return " (before the symbol's listing, or a month not yet published: ask for its days again later)"
     return ""
 
 
@@ -145,4 +212,7 @@ def import_plan(files: dict[str, Path]) -> tuple[list[Path], list[str], list[str
         what.append(trade)
     if trade == "trades" and "aggTrades" in files:
         notes.append("aggTrades: not imported (the same fills as trades)")
+    if "klines" in files:
+        notes.append("klines: prices, not a book: not imported here; use them with "
+                     "`python -m gpu_engine.data blocks --prices FILE...`")
     return picked, what, notes

@@ -141,6 +141,8 @@ def run(args) -> int:
         if args.market:
             raise InputError("--market is for --source binance-archive; Tardis names the market in --exchange "
                              "(binance, binance-futures, binance-delivery)")
+        if args.interval:
+            raise InputError("--interval is for --source binance-archive --types klines")
         key = tardis.check_key(days)
         jobs = tardis.jobs(out, args.exchange, args.symbol, types, days, args.base_url, key)
         where = tardis.folder(out, args.exchange)
@@ -149,9 +151,9 @@ def run(args) -> int:
         types = parse_types(args.types, binance_archive.DEFAULT_TYPES)
         if args.exchange:
             raise InputError("--exchange is for --source tardis; the Binance archive takes --market spot|um|cm")
-        binance_archive.check_args(args.market, args.symbol, types)
-        jobs = binance_archive.jobs(out, args.market, args.symbol, types, days, args.base_url)
-        where = binance_archive.folder(out, args.market)
+        binance_archive.check_args(args.market, args.symbol, types, args.interval)
+        jobs = binance_archive.jobs(out, args.market, args.symbol, types, days, args.base_url, args.interval)
+        where = binance_archive.folder(out, args.market, types)
         title = f"binance-archive {args.market} {args.symbol.upper()}"
     check_parent_writable(where / "x", "--out")
     if args.do_import:
@@ -262,11 +264,14 @@ def add_cli(subparsers) -> None:
     p.add_argument("--to", dest="end", default=None, metavar="YYYY-MM-DD", help="last day, included (default: --from)")
     p.add_argument("--types", default=None,
                    help="comma-separated data types (tardis: incremental_book_L2,trades,quotes,book_snapshot_25,...; "
-                        "default incremental_book_L2,trades. binance-archive: trades,aggTrades,bookTicker; "
+                        "default incremental_book_L2,trades. binance-archive: trades,aggTrades,bookTicker,klines; "
                         "default trades)")
     p.add_argument("--exchange", default=None, help="tardis: the exchange id, e.g. binance-futures, binance")
     p.add_argument("--market", default=None, choices=tuple(binance_archive.MARKETS),
                    help="binance-archive: spot, um (USD-M futures) or cm (COIN-M futures)")
+    p.add_argument("--interval", default=None, metavar="1d",
+                   help="binance-archive --types klines: the candle interval (1d for the daily closes that "
+                        "`blocks --prices` reads; monthly files where a whole month is asked for)")
     p.add_argument("--out", default="data/archive", help="download folder (default data/archive/)")
     p.add_argument("--base-url", default=None,
                    help=f"replace the provider's base URL (also ${tardis.BASE_URL_ENV}, ${binance_archive.BASE_URL_ENV})")
