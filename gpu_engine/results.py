@@ -73,6 +73,17 @@ def sha256_path(path: str | Path) -> str:
 
 
 def _sha256_path(path: Path) -> str:
+    if not path.exists() and ("," in str(path) or any(ch in str(path) for ch in "*?[")):
+        from gpu_engine.data.books import collection  # a data set of several stores (--data A,B or a glob)
+
+        h = hashlib.sha256()
+        for store in collection.check(collection.resolve(str(path)))[0]:
+            h.update(str(store.path.name).encode() + b"\0" + _sha256_path(store.path).encode())
+        return h.hexdigest()
+    return _sha256_tree(path)
+
+
+def _sha256_tree(path: Path) -> str:
     h = hashlib.sha256()
     if path.is_dir():
         for p in sorted(q for q in path.rglob("*") if q.is_file()):

@@ -151,10 +151,43 @@ def data_paths(args) -> tuple[Path, Path]:
             if not path.exists():
                 raise InputError(f"{args.data}: --data: no such file")
         return path, path
-    for flag, value in (("--data", args.data), ("--blocks", args.blocks)):
-        if value is not None and not Path(value).exists():
-            raise InputError(f"{value}: {flag}: no such file or store")
+    if args.data is not None and is_store_set(args.data):
+        from gpu_engine.data.books import collection
+
+        collection.check(collection.resolve(args.data))  # mixed markets, overlaps: refused before any work
+    elif args.data is not None and not Path(args.data).exists():
+        raise InputError(f"{args.data}: --data: no such file or store")
+    if args.blocks is not None and not Path(args.blocks).exists():
+        raise InputError(f"{args.blocks}: --blocks: no such file or store")
     return Path(args.data or DEFAULT_BOOKS), Path(args.blocks or DEFAULT_BLOCKS)
+
+
+def data_set_attrs(data) -> dict:
+    """Cube attrs of a data set of several stores: each store and the gaps between them."""
+    attrs = getattr(getattr(data, "book", None), "attrs", None) or {}
+    if "stores" not in attrs:
+        return {}
+    return {"stores": attrs["stores"], "store_gaps": attrs.get("store_gaps", [])}
+
+
+def is_store_set(data) -> bool:
+    """Whether --data names several stores: a comma list, a glob, or a directory of stores."""
+    s = str(data)
+    if "," in s or any(ch in s for ch in "*?["):
+        return True
+    p = Path(s)
+    return p.is_dir() and not (p / "zarr.json").is_file()
+
+
+def load_books(book_path: Path):
+    """The Book of --data: one store, or a data set of several read as one time series
+    (gpu_engine/data/books/collection.py: time order, one market, gaps listed in the attrs)."""
+    from gpu_engine.data.books import collection
+    from gpu_engine.data.books import store as books
+
+    if not is_store_set(book_path):
+        return books.load(book_path)
+    return collection.load_many(collection.resolve(str(book_path)))
 
 
 @dataclass
@@ -205,7 +238,7 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
         log(f"generating the synthetic book store {book_path} ...")
         synth.ensure_default(book_path, blocks=blocks_path)
     try:
-        book = feature_cache.load_book(book_path, lambda: books.load(book_path))
+        book = feature_cache.load_book(book_path, lambda: load_books(book_path))
     except InputError:
         raise
     except Exception as exc:

@@ -179,6 +179,7 @@ def run(args) -> int:
     else:
         attrs = results.provenance(
             kind="grid", data={"book": data.book_path, "blocks": data.blocks_path}, space=space, costs=cost,
+            **_common.data_set_attrs(data),
             device=data.device, fingerprint=fp, split=data.split.as_attrs(), buckets=args.buckets,
             thresholds=space.thresholds, dims=dims, n_configs=total)
         results.create_template(_template(axes, dims, chunks, args.buckets), out, len(regions), attrs)

@@ -260,6 +260,7 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
         f"split {attrs.get('split', {}).get('is_ticks')} in-sample / {attrs.get('split', {}).get('oos_ticks')} "
         f"out-of-sample ticks",
         *market_lines(attrs),
+        *data_set_lines(attrs),
         f"target: win rate in [{lo}, {hi}], Wilson lower bound > 0.5, trades >= {min_trades}, expectancy > 0",
         f"top {len(order)} by in-sample {by} (of {int(has_oos.sum())} with out-of-sample figures):",
     ]
@@ -449,6 +450,21 @@ def lookahead_share(causal: float, fixed: float, what: str) -> str:
                 "with the fixed parameters)")
     return (f"look-ahead share of the {what}: {100 * min(share, 1.0):.0f}% of the fixed-parameter edge "
             f"({fixed:.4g}) is gone with causal fits ({causal:.4g})" + (" - all of it" if share >= 1 else ""))
+
+
+def data_set_lines(attrs: dict) -> list[str]:
+    """A data set of several stores: how many, and every gap between them."""
+    stores = attrs.get("stores")
+    if not stores:
+        return []
+    gaps = attrs.get("store_gaps") or []
+    out = [f"data: {len(stores)} stores read as one series, {stores[0].get('first')} to {stores[-1].get('last')}; "
+           f"{len(gaps)} gap(s) between stores" + (":" if gaps else "")]
+    out += [f"  gap {g.get('from')} -> {g.get('to')} ({g.get('seconds', 0) / 3600:.2f} h) between "
+            f"{Path(g.get('after', '')).name} and {Path(g.get('before', '')).name}" for g in gaps[:20]]
+    if len(gaps) > 20:
+        out.append(f"  ... and {len(gaps) - 20} more (cube attrs `store_gaps`)")
+    return out
 
 
 def stats_attrs(st: dict) -> dict:

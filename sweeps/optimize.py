@@ -771,6 +771,7 @@ def _run(args, space, print_report: bool = True, companion: str | None = None):
     lo, hi = args.target_win_rate
     ds.attrs = results.provenance(
         kind="optimize", data={"book": data.book_path, "blocks": data.blocks_path}, space=space, costs=cost,
+        **_common.data_set_attrs(data),
         device=data.device, wall_s=wall, sampler=args.sampler, seed=args.seed, study=name, storage=storage_desc,
         fingerprint=fp, fingerprint_fields=fields, objective=args.objective, target_win_rate=[lo, hi], min_trades=args.min_trades,
         buckets=args.buckets, split=data.split.as_attrs(), thresholds=space.thresholds, neighbourhood=nb,

@@ -74,3 +74,37 @@ def test_overlap_and_other_markets_refused(days, tmp_path):
         attrs={"exchange": "test", "symbol": "BTCUSDT", "depth": 6}))
     with pytest.raises(InputError, match="depth"):
         collection.check([paths[0], deep])
+
+
+def test_grid_on_a_data_set_of_stores_equals_one_store_and_lists_gaps(tmp_path, capsys):
+    """--data with several stores (a glob) gives the cube of the same rows in one store, with the
+    stores and gaps in its attrs and report; a mixed set is refused before any work."""
+    import xarray as xr
+
+    from sweeps import grid, inspect
+    from tests.test_sweeps_cli import SPACE, tiny  # noqa: F401
+
+    from gpu_engine.data.blocks import dataset as blocks_mod
+
+    book = random_book(T=900, L=3, seed=11)
+    whole = write_store(tmp_path / "whole.zarr", _slice(book, 0, 900))
+    parts = [write_store(tmp_path / "set" / f"d{k}.zarr", _slice(book, lo, hi))
+             for k, (lo, hi) in enumerate(((0, 300), (300, 600), (600, 900)))]
+    arr, meta = blocks_mod.build(until="2024-08-09")
+    blocks_mod.write(tmp_path / "blocks.npy", arr, meta)
+    (tmp_path / "s.toml").write_text(SPACE)
+    common = ["--space", str(tmp_path / "s.toml"), "--blocks", str(tmp_path / "blocks.npy"), "--device", "cpu",
+              "--buckets", "4", "--no-progress", "--no-html"]
+    assert grid.main([*common, "--data", str(whole), "--out", str(tmp_path / "one.zarr")]) == 0
+    assert grid.main([*common, "--data", str(tmp_path / "set" / "d*.zarr"), "--out", str(tmp_path / "set.zarr")]) == 0
+    a, b = xr.open_zarr(tmp_path / "one.zarr"), xr.open_zarr(tmp_path / "set.zarr")
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert [s["path"] for s in b.attrs["stores"]] == [str(p) for p in parts]
+    assert b.attrs["store_gaps"] == [g for g in b.attrs["store_gaps"] if g["seconds"] > collection.GAP_S]
+    capsys.readouterr()
+    assert inspect.main([str(tmp_path / "set.zarr"), "--top", "2"]) == 0
+    assert "data: 3 stores read as one series" in capsys.readouterr().out
+    other = write_store(tmp_path / "set" / "d9.zarr", _slice(book, 0, 5, 10**15, symbol="ETHUSDT"))
+    rc = grid.main([*common, "--data", str(tmp_path / "set"), "--out", str(tmp_path / "mixed.zarr")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ETHUSDT" in err and str(other) in err and not (tmp_path / "mixed.zarr").exists()
