@@ -489,7 +489,7 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
                     continue
                 tid = _int(data, "t")
                 # ts = publish time (event time E), match_ts = trade time T: no fill or feature at a
-                # book row may use a trade published after it (ARCHITECTURE 4b, docs/RULES.md)
+                # book row may use a trade published after it (docs/RULES.md)
                 t_ms = data.get("E", data.get("T"))
                 if type(t_ms) is not int:
                     raise _Bad("bad_lines", f"field 'E': not an integer ({t_ms!r})")
