@@ -375,3 +375,31 @@ def test_cuda_kernel_gets_the_keyed_cache():
     assert Path(kcuda.DISK_CACHE).is_relative_to(Path(os.environ["GPU_ENGINE_CACHE_DIR"]))
     assert kcuda.sweep_cuda._cache._impl.locator.get_source_stamp() == cache.source_stamp(
         cache.KERNEL_DIR / "cuda.py", ("numba-cuda", numba_cuda.__version__))
+
+
+def test_stamp_is_remembered_until_a_source_file_changes(tmp_path, monkeypatch):
+    """The stamp memo (stamps.json) serves a stamp only while every file it came from is unchanged."""
+    from gpu_engine.kernels import cache
+
+    copy = tmp_path / "gpu_engine"
+    shutil.copytree(REPO / "gpu_engine", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "PACKAGE_DIR", copy)
+    monkeypatch.setenv("GPU_ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    kernel = str(copy / "kernels" / "cpu.py")
+    stamp = cache._stamp.__wrapped__
+    base = stamp(kernel, ())
+    assert (tmp_path / "cache" / "stamps.json").is_file()
+    real_sources = cache.kernel_sources
+
+    def no_parsing(*a, **k):
+        raise AssertionError("the memo should have answered")
+
+    monkeypatch.setattr(cache, "kernel_sources", no_parsing)
+    assert stamp(kernel, ()) == base                       # answered from the memo
+    monkeypatch.setattr(cache, "kernel_sources", real_sources)
+    strategy = copy / "strategy.py"
+    strategy.write_bytes(strategy.read_bytes() + b"\n# edited\n")
+    edited = stamp(kernel, ())
+    assert edited != base                                  # recomputed after the edit
+    (tmp_path / "cache" / "stamps.json").write_text("{not json")
+    assert stamp(kernel, ()) == edited                     # a damaged memo is only a miss
