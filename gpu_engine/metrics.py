@@ -1,7 +1,8 @@
 """Per-configuration metrics from the kernels' raw sums and per-bucket arrays (host side, numpy).
 
 The kernels (gpu_engine/kernels) accumulate, per configuration, the raw sums named by
-`RAW` below and the per-bucket realised PnL, trade and win counts [C, B]. `finish`
+`enums.RAW` (the layout lives in enums.py with the `R_*` column indices and is re-exported
+here) and the per-bucket realised PnL, trade and win counts [C, B]. `finish`
 turns those into the `[C, M]` float64 table in `enums.METRICS` order, following
 docs/RULES.md "Marks and metrics":
 
@@ -11,41 +12,48 @@ docs/RULES.md "Marks and metrics":
   (inf with trades but no losing trade); avg_win / avg_loss (negative) / payoff_ratio;
 - sharpe = mean(r_b) / std(r_b, ddof=1) and sortino = mean(r_b) / sqrt(mean(min(r_b, 0)^2))
   on bucket returns r_b = bucket_pnl / capital, 0 when the denominator is 0 or B < 2;
-- exposure = (sum of held ticks) / T; mean_hold_s = (sum of held ns) / 1e9 / trades.
+- exposure = (sum of held ticks) / T; mean_hold_s = (sum of held ns) / 1e9 / trades;
+- rules v2 order flow: maker_fills, taker_fills, orders_posted, orders_rejected, cancels,
+  fees_maker, fees_taker as summed; maker_fill_ratio = maker filled quantity / posted
+  quantity (NaN when nothing was posted); mean_queue_wait_s = (sum over maker fills of
+  ts[fill] - ts[arrival]) / 1e9 / maker_fills (NaN with no maker fill).
 
-Every ratio with no trades is NaN. This module imports only numpy and scipy (no numba),
-so the layout constants can be shared by strategy.py, the kernels and the tests.
+Every ratio with no trades is NaN. This module imports only numpy and scipy (no numba).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from gpu_engine.enums import METRIC_INDEX, METRICS
-
-# Raw per-configuration accumulators written by the kernels, in this column order.
-RAW: tuple[str, ...] = (
-    "trades",
-    "wins",
-    "losses",
-    "net_pnl",
-    "gross_pnl",
-    "fees",
-    "sum_win",
-    "sum_loss",
-    "max_drawdown",
-    "final_equity",
-    "held_ticks",
-    "held_ns",
-    "exits_stop",
-    "exits_take",
-    "exits_time",
-    "exits_signal",
-    "exits_end",
+from gpu_engine.enums import (  # noqa: F401  (the raw layout is re-exported from here)
+    METRIC_INDEX,
+    METRICS,
+    NRAW,
+    R_CANCELS,
+    R_EQUITY,
+    R_EXIT0,
+    R_FEES,
+    R_FEES_MAKER,
+    R_FEES_TAKER,
+    R_GROSS,
+    R_HELD_NS,
+    R_HELD_TICKS,
+    R_LOSSES,
+    R_MAKER_FILLS,
+    R_MAKER_QTY,
+    R_MAXDD,
+    R_NET,
+    R_POSTED,
+    R_POSTED_QTY,
+    R_QUEUE_WAIT_NS,
+    R_REJECTED,
+    R_SUMLOSS,
+    R_SUMWIN,
+    R_TAKER_FILLS,
+    R_TRADES,
+    R_WINS,
+    RAW,
+    RAW_INDEX,
 )
-RAW_INDEX = {name: i for i, name in enumerate(RAW)}
-NRAW = len(RAW)
-R_TRADES, R_WINS, R_LOSSES, R_NET, R_GROSS, R_FEES, R_SUMWIN, R_SUMLOSS = range(8)
-R_MAXDD, R_EQUITY, R_HELD_TICKS, R_HELD_NS, R_EXIT0 = 8, 9, 10, 11, 12
 
 
 def wilson_z() -> float:
@@ -133,4 +141,15 @@ def finish(raw: np.ndarray, bucket_pnl: np.ndarray, capital: np.ndarray, T: int)
         put("mean_hold_s", np.where(has, raw[:, R_HELD_NS] / 1e9 / trades, nan))
         for k, name in enumerate(("exits_stop", "exits_take", "exits_time", "exits_signal", "exits_end")):
             put(name, raw[:, R_EXIT0 + k])
+        maker_fills = raw[:, R_MAKER_FILLS]
+        posted_qty = raw[:, R_POSTED_QTY]
+        put("maker_fills", maker_fills)
+        put("taker_fills", raw[:, R_TAKER_FILLS])
+        put("orders_posted", raw[:, R_POSTED])
+        put("orders_rejected", raw[:, R_REJECTED])
+        put("cancels", raw[:, R_CANCELS])
+        put("maker_fill_ratio", np.where(posted_qty > 0, raw[:, R_MAKER_QTY] / posted_qty, nan))
+        put("mean_queue_wait_s", np.where(maker_fills > 0, raw[:, R_QUEUE_WAIT_NS] / 1e9 / maker_fills, nan))
+        put("fees_maker", raw[:, R_FEES_MAKER])
+        put("fees_taker", raw[:, R_FEES_TAKER])
     return out

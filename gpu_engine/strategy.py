@@ -1,27 +1,38 @@
-"""The trading rules v1 (docs/RULES.md), written once as scalar numba functions for both kernels.
+"""The trading rules (docs/RULES.md, v2 = v1 plus maker orders, queue position and
+contracts), written once as scalar numba functions for both kernels.
 
 Every function here is `@numba.njit(inline="always")` plain scalar code (no cupy, no
 allocation, no exceptions), and numba-cuda compiles it for the GPU (deliberately not
 `cuda.jit(device=True)`, which breaks compile_ptx without a GPU). The rules are
 `init_state` (before tick 0), `run_ticks` (the tick loop over [t0, t1), state in and out as
 a tuple of scalars) and `finish_config` (the close after the last tick). The CUDA kernel
-(kernels/cuda.py, one thread per configuration) calls `run_config` = those three over
-[0, T) with the state in registers; the CPU kernel (kernels/cpu.py) calls them per chunk of
-ticks with a prange over configurations, carrying the state in arrays between chunks.
+(kernels/cuda.py, one thread per configuration) calls `run_one` = those three over [0, T)
+with the state in registers; the CPU kernel (kernels/cpu.py) calls them per chunk of ticks
+with a prange over configurations, carrying the state in arrays between chunks. The queue
+position models of a resting maker order are in gpu_engine/queue.py, called from here.
 
-Book inputs prepared once per sweep by `kernels.prepare_book`:
+Book inputs prepared once per sweep by `kernels.prepare_book` (the `book` tuple, in order):
   ts int64 [T]; bid_px/ask_px float64 [T, L]; bid_sz/ask_sz float32 [T, L];
   bid0/ask0 float64 [T]: level-0 price where finite and > 0, else NaN (entry decisions);
   pbid/pask float64 [T]: the executable top price of RULES.md, i.e. the level-0 price
   where finite and > 0, else the last such price at an earlier tick, NaN if none yet
-  (the kernel then falls back to the entry VWAP).
+  (the kernel then falls back to the entry price);
+  dbid/dask float64 [T]: the best displayed price (highest displayed bid, lowest displayed
+  ask; NaN when the side displays nothing): post-only checks and crossing fills;
+  tr_start int64 [T + 1]: the trades of tick t are tr_start[t] <= k < tr_start[t + 1]
+  (trade k goes to the first tick with ts >= its time); tr_px float64, tr_qty float64,
+  tr_side int8 (+1 buyer-, -1 seller-initiated) [N >= 1];
+  mkt float64 [NMARKET]: the run-wide market (enums.MARKET_FIELDS: inverse flag,
+  multiplier, tick size, lot size, queue model, power exponent);
+  bank float32 [K, T]: the feature bank (signal and regime rows).
 
-Arithmetic follows the rules' text left to right (e.g. the mark is
-`equity + side * qty * (p - e) - entry_fee`, the take-profit test
-`side * (p - e) >= take_profit * 1e-4 * e`) so that an independent implementation of
-the same text gets the same bits.
+Arithmetic follows the rules' text left to right (e.g. value(q, p) = `q * m * p`, the
+take-profit test `side * (p - e) >= take_profit * 1e-4 * e`, a fill's fee
+`rate * value(q, p)`) so that an independent implementation of the same text gets the same
+bits. Integer price ticks: tick(x) = round(x / tick_size) (half to even); every comparison of a maker
+order's price with a book or trade price is made in ticks.
 
-Outputs per configuration c: raw[c, :] (metrics.RAW layout) and bucket_pnl/
+Outputs per configuration c: raw[c, :] (enums.RAW layout) and bucket_pnl/
 bucket_trades/bucket_wins[c, :] by the bucket floor(t * B / T) of the exit fill tick.
 """
 from __future__ import annotations
@@ -32,6 +43,7 @@ import numba
 
 from gpu_engine.enums import (
     ENTRY_PENDING,
+    ENTRY_WORKING,
     EXIT_END,
     EXIT_PENDING,
     EXIT_SIGNAL,
@@ -40,26 +52,48 @@ from gpu_engine.enums import (
     EXIT_TIME,
     FLAT,
     IN_POSITION,
-)
-from gpu_engine.metrics import (
+    M_INVERSE,
+    M_LOT,
+    M_MULT,
+    M_QUEUE,
+    M_QUEUE_N,
+    M_TICK,
+    MAKER,
     NRAW,
+    R_CANCELS,
     R_EQUITY,
     R_EXIT0,
     R_FEES,
+    R_FEES_MAKER,
+    R_FEES_TAKER,
     R_GROSS,
     R_HELD_NS,
     R_HELD_TICKS,
     R_LOSSES,
+    R_MAKER_FILLS,
+    R_MAKER_QTY,
     R_MAXDD,
     R_NET,
+    R_POSTED,
+    R_POSTED_QTY,
+    R_QUEUE_WAIT_NS,
+    R_REJECTED,
     R_SUMLOSS,
     R_SUMWIN,
+    R_TAKER_FILLS,
     R_TRADES,
     R_WINS,
 )
+from gpu_engine.queue import QUEUE_FUNCTIONS, queue_arrive, queue_depth, queue_trade
 
 INF = math.inf
 BPS = 1e-4
+
+# The maker order slot of a configuration (at most one maker order at a time: the entry
+# while it works, or the take profit while a position is open): MST_FLIGHT = posted, not
+# yet arrived; MST_LIVE = resting in the book; MST_CANCEL (a flag added to either) = a
+# cancel is on its way.
+MST_NONE, MST_FLIGHT, MST_LIVE, MST_CANCEL = 0, 1, 2, 4
 
 inline = numba.njit(inline="always")
 
@@ -71,12 +105,37 @@ def displayed(p, s):
 
 
 @inline
-def entry_walk(px, sz, t, desired):
-    """Entry fill at tick t: take min(desired, total displayed) walking from level 0.
+def value(q, p, m, inv):
+    """value(q, p): q * m * p (linear, quote currency) or q * m / p (inverse, base currency)."""
+    if inv:
+        return q * m / p
+    return q * m * p
 
-    Returns (qty, vwap); qty == 0.0 when nothing is displayed (the entry is dropped).
-    The first pass stops once the running total reaches `desired` (the sum of positive sizes
-    only grows, so min(desired, total) is then `desired` exactly): fills touch few levels.
+
+@inline
+def floor_units(q, lot):
+    """q contracts rounded down to whole lots, in units: floor(q / lot) lots when lot > 0;
+    with lot 0 (continuous) the unit is the contract and q is unchanged. Every quantity of the
+    rules is held in units (contracts = units * unit, unit = lot or 1), so that lot-rounded
+    quantities add and subtract exactly and are never rounded twice."""
+    if lot > 0.0:
+        return math.floor(q / lot)
+    return q
+
+
+@inline
+def to_tick(x, tick):
+    """The integer price tick of price x: round(x / tick_size), half to even."""
+    return round(x / tick)
+
+
+@inline
+def entry_walk(px, sz, t, desired, lot, inv):
+    """Taker entry fill at tick t of `desired` units: min(desired, floor_units(total
+    displayed)) units, walking from level 0. Returns (units, average price): volume-weighted
+    (linear) or harmonic, sum q / sum(q / p) (inverse); units == 0.0 when nothing (or less
+    than a lot) can be taken (the entry is dropped). The first pass stops once the running
+    total covers `desired` (the minimum is then `desired` exactly): fills touch few levels.
     """
     L = px.shape[1]
     total = 0.0
@@ -85,13 +144,21 @@ def entry_walk(px, sz, t, desired):
         s = float(sz[t, l])
         if displayed(p, s):
             total += s
-            if total >= desired:
+            if lot > 0.0:
+                if total / lot >= desired:
+                    break
+            elif total >= desired:
                 break
     if not total > 0.0:
         return 0.0, 0.0
-    q = min(desired, total)
+    u = min(desired, floor_units(total, lot))
+    if not u > 0.0:
+        return 0.0, 0.0
+    q = u
+    if lot > 0.0:
+        q = u * lot
     rem = q
-    notional = 0.0
+    acc = 0.0
     for l in range(L):
         if rem <= 0.0:
             break
@@ -99,22 +166,27 @@ def entry_walk(px, sz, t, desired):
         s = float(sz[t, l])
         if displayed(p, s):
             take = min(rem, s)
-            notional += p * take
+            if inv:
+                acc += take / p
+            else:
+                acc += p * take
             rem -= take
-    return q, notional / q
+    if inv:
+        return u, q / acc
+    return u, acc / q
 
 
 @inline
-def exit_walk(px, sz, t, qty, sell):
-    """Exit fill at tick t for the whole qty: walk the displayed levels from level 0; what is
-    beyond the displayed depth fills at the worst displayed price (lowest bid for a sell,
-    highest ask for a buy). Returns (filled, vwap); filled is False when nothing is displayed.
-    The walk stops once the quantity is filled: the worst price matters only when it is not,
-    and then every level has been seen.
+def exit_walk(px, sz, t, qty, sell, inv):
+    """Taker exit fill at tick t for the whole qty: walk the displayed levels from level 0;
+    what is beyond the displayed depth fills at the worst displayed price (lowest bid for a
+    sell, highest ask for a buy). Returns (filled, average price as in entry_walk); filled is
+    False when nothing is displayed. The walk stops once the quantity is filled: the worst
+    price matters only when it is not, and then every level has been seen.
     """
     L = px.shape[1]
     rem = qty
-    notional = 0.0
+    acc = 0.0
     worst = 0.0
     seen = False
     for l in range(L):
@@ -131,20 +203,80 @@ def exit_walk(px, sz, t, qty, sell):
                 if p > worst:
                     worst = p
             take = min(rem, s)
-            notional += p * take
+            if inv:
+                acc += take / p
+            else:
+                acc += p * take
             rem -= take
             if rem <= 0.0:
                 break
     if not seen:
         return False, 0.0
     if rem > 0.0:
-        notional += rem * worst
-    return True, notional / qty
+        if inv:
+            acc += rem / worst
+        else:
+            acc += rem * worst
+    if inv:
+        return True, qty / acc
+    return True, acc / qty
+
+
+@inline
+def level_size(px, sz, t, k, tick, buy):
+    """The displayed size at price tick k on one side of tick t (bids for a buy order, asks
+    for a sell): the sum of the displayed levels at tick k; 0 when k is better than the side's
+    best displayed price or inside the displayed range without a level; +inf (unknown) when
+    k lies beyond the deepest displayed level or nothing is displayed.
+
+    Only levels within one tick of k's price are converted to ticks (round(p / tick) == k
+    needs |p - k * tick| <= tick / 2); the best and deepest ticks are the ticks of the
+    highest and lowest displayed prices (tick() is monotonic)."""
+    L = px.shape[1]
+    kp = k * tick
+    hi = -INF
+    lo = INF
+    size = 0.0
+    for l in range(L):
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            if p > hi:
+                hi = p
+            if p < lo:
+                lo = p
+            if abs(p - kp) <= tick:
+                if to_tick(p, tick) == k:
+                    size += s
+    if not lo < INF:
+        return INF
+    if size > 0.0:
+        return size
+    if buy:
+        if k < to_tick(lo, tick):
+            return INF
+    else:
+        if k > to_tick(hi, tick):
+            return INF
+    return 0.0
+
+
+@inline
+def crosses(opp_best, k, tick, buy):
+    """Whether the opposite side's best displayed price (NaN: none) is at or through price
+    tick k: best ask <= k for a buy, best bid >= k for a sell (post-only rejection at
+    arrival, crossing fill while live)."""
+    if not opp_best > 0.0:
+        return False
+    kb = to_tick(opp_best, tick)
+    if buy:
+        return kb <= k
+    return kb >= k
 
 
 @inline
 def top_price(p, e):
-    """Executable top price: the last-seen top p (pbid[t] or pask[t]), else the entry VWAP.
+    """Executable top price: the last-seen top p (pbid[t] or pask[t]), else the entry price.
 
     Scalars only: passing arrays into an inlined function costs an atomic refcount pair per
     call, which dominated the per-tick cost of an open position on the CPU.
@@ -158,7 +290,8 @@ def top_price(p, e):
 def exit_reason(d, stop_thr, take_thr, held_ns, max_hold, s, pos, exit_thr):
     """Rule 4 in order stop, take, time, signal; -1 when none holds.
 
-    d = side * (p - e); stop_thr = -stop_loss * bps * e; take_thr = take_profit * bps * e.
+    d = side * (p - e); stop_thr = -stop_loss * bps * e; take_thr = take_profit * bps * e
+    (inf while a maker take profit rests: the take test is off).
     """
     if d <= stop_thr:
         return EXIT_STOP
@@ -186,6 +319,109 @@ def entry_side(s, r, side, entry, band, use_band):
 
 
 @inline
+def book_fill(opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees):
+    """Trade accounting of one fill of u units (q = u * unit contracts) at price p (sgn =
+    side * sigma, +-1; rate = fee bps * 1e-4 of the fill's liquidity): opening q_open += u,
+    cash -= sgn * value(q, p); closing q_open -= u, cash += sgn * value(q, p); fees +=
+    rate * value(q, p). Returns (q_open, cash, fees, this fill's fee)."""
+    v = value(u * unit, p, m, inv)
+    if opening:
+        qopen = qopen + u
+        cash = cash - sgn * v
+    else:
+        qopen = qopen - u
+        cash = cash + sgn * v
+    fee = rate * v
+    return qopen, cash, fees + fee, fee
+
+
+@inline
+def entry_price(qopen, unit, cash, sgn, m, inv):
+    """e after the opening fills: sum(q m p) / sum(q m) (linear) or sum(q m) / sum(q m / p)
+    (inverse), with sum(value) = -sgn * cash (only opening fills so far) and sum(q m) =
+    q_open * unit * m."""
+    s = -sgn * cash
+    if inv:
+        return qopen * unit * m / s
+    return s / (qopen * unit * m)
+
+
+@inline
+def taker_fill(c, raw, opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees):
+    """book_fill of a taker walk, counted in the order-flow sums."""
+    qopen, cash, fees, fee = book_fill(opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees)
+    raw[c, R_TAKER_FILLS] += 1.0
+    raw[c, R_FEES_TAKER] += fee
+    return qopen, cash, fees
+
+
+@inline
+def maker_fill(c, raw, t, ts, mtick, opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees):
+    """book_fill of a maker order at its own price p, counted in the order-flow sums (the
+    queue wait runs from the order's arrival tick mtick)."""
+    qopen, cash, fees, fee = book_fill(opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees)
+    raw[c, R_MAKER_FILLS] += 1.0
+    raw[c, R_MAKER_QTY] += u * unit
+    raw[c, R_QUEUE_WAIT_NS] += float(ts[t] - ts[mtick])
+    raw[c, R_FEES_MAKER] += fee
+    return qopen, cash, fees
+
+
+@inline
+def maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz, opp_best,
+               buy, opening, k, mtick, oq, qa, qprev, qcum, sgn, rate, mkt, qopen, cash, fees):
+    """One tick u of a live maker order at price tick k (remaining oq): (1) the trades of u
+    from the aggressor side that hits it, in stored order: through its price fills all that
+    remains; at its price shrinks the queue ahead, and once that is below 0,
+    min(remaining, floor_units(-queue ahead)) fills and the queue ahead is 0; (2) if anything
+    remains and the opposite best crosses it, all that remains fills; (3) the depth update of
+    the queue model. Every fill is at the order's own price and is its own fill (accounting
+    and fee). Quantities oq and q_open are in units (floor_units); qa, qprev and qcum in
+    contracts. Returns (oq, qa, qprev, qcum, q_open, cash, fees)."""
+    inv = mkt[M_INVERSE] != 0.0
+    tick = mkt[M_TICK]
+    lot = mkt[M_LOT]
+    unit = 1.0
+    if lot > 0.0:
+        unit = lot
+    price = k * tick
+    aggressor = 1
+    if buy:
+        aggressor = -1
+    j = tr_start[t]
+    j1 = tr_start[t + 1]
+    crossed = False
+    while oq > 0.0:
+        # the next fill: from the next trade of u, else (once) from the crossing book
+        q = 0.0
+        if j < j1:
+            if tr_side[j] == aggressor:
+                kk = to_tick(tr_px[j], tick)
+                if (buy and kk < k) or (not buy and kk > k):
+                    q = oq
+                elif kk == k:
+                    qa, qcum = queue_trade(qa, qcum, tr_qty[j])
+                    if qa < 0.0:
+                        q = min(oq, floor_units(-qa, lot))
+                        qa = 0.0
+            j += 1
+        elif not crossed:
+            crossed = True
+            if crosses(opp_best, k, tick, buy):
+                q = oq
+        else:
+            break
+        if q > 0.0:
+            qopen, cash, fees = maker_fill(c, raw, t, ts, mtick, opening, sgn, q, unit, price,
+                                           rate, mkt[M_MULT], inv, qopen, cash, fees)
+            oq = oq - q
+    if oq > 0.0:
+        new = level_size(own_px, own_sz, t, k, tick, buy)
+        qa, qprev, qcum = queue_depth(qa, qprev, qcum, new, int(mkt[M_QUEUE]), mkt[M_QUEUE_N])
+    return oq, qa, qprev, qcum, qopen, cash, fees
+
+
+@inline
 def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, held_ns, reason):
     """Add one closed trade to the raw sums and to the bucket of its exit fill tick t."""
     raw[c, R_TRADES] += 1.0
@@ -209,13 +445,12 @@ def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, h
 
 
 @inline
-def close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v, e, efee, fee, etick, ets, reason):
-    """Rule 5 at the exit fill tick t with exit VWAP v: book the trade, return its net PnL."""
-    gross = pos * qty * (v - e)
-    xfee = fee * v * qty
-    pnl = gross - efee - xfee
-    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, efee + xfee,
-               float(t - etick), float(ts[t] - ets), reason)
+def close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick, reason):
+    """The trade closes at tick t (q_open back to 0): PnL = cash - fees; book it (held from
+    its first opening fill tick ftick), return its PnL."""
+    pnl = cash - fees
+    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, cash, fees,
+               float(t - ftick), float(ts[t] - ts[ftick]), reason)
     return pnl
 
 
@@ -235,6 +470,33 @@ def drawdown(m, peak, trough, max_dd):
 
 
 @inline
+def entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, lat,
+                   mst, mk, mtick, marr, oq):
+    """The entry completes at tick t with q_open > 0 at price e: the position is open (exit
+    decisions from t + 1, max_hold from ts[t]); a maker take profit (maker_tp) is posted now
+    for the whole position at ceil(e (1 + tp bps) / tick) (long) or floor(e (1 - tp bps) /
+    tick) (short), unless that tick is <= 0 (the maker slot mst, mk, mtick, marr, oq is
+    returned as given, empty, when none is posted). Returns (state, etick, ets, stop_thr,
+    take_thr, mst, mk, mtick, marr, oq)."""
+    stop_thr = -sl * BPS * e
+    take_thr = tp * BPS * e
+    if maker_tp:
+        if pos > 0:
+            k = math.ceil(e * (1.0 + tp * BPS) / tick)
+        else:
+            k = math.floor(e * (1.0 - tp * BPS) / tick)
+        if k > 0:
+            mst = MST_FLIGHT
+            mk = k
+            mtick = t
+            marr = ts[t] + lat
+            oq = qopen
+            raw[c, R_POSTED] += 1.0
+            raw[c, R_POSTED_QTY] += qopen * unit
+    return IN_POSITION, t, ts[t], stop_thr, take_thr, mst, mk, mtick, marr, oq
+
+
+@inline
 def reset_outputs(c, raw, bpnl, btr, bwin):
     """Zero configuration c's raw sums and buckets (the trades then add into them)."""
     for k in range(NRAW):
@@ -246,38 +508,63 @@ def reset_outputs(c, raw, bpnl, btr, bwin):
 
 
 # The state of one configuration between ticks, in this order (floats, then integers):
-#   equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
-#   state, pos, etick, ets, reason, target, next_entry.
+#   equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr,
+#   oq (taker entry: desired quantity; maker order: remaining quantity; both and qopen in
+#   units, see floor_units),
+#   qa, qprev, qcum (queue.py: queue ahead, last known size, traded since the last update);
+#   state, pos, etick (entry completion tick), ets (its ts), reason (of the pending exit),
+#   target (fill time of the pending taker order), next_entry, ftick (first opening fill tick),
+#   mst (maker order slot, MST_*), mk (its price tick), mtick (tick it was posted, then the
+#   tick it arrived), marr (its arrival time), mcan (when its cancel takes effect).
 # `run_ticks` takes it as scalars and returns it as a tuple, so a caller can keep it in
 # registers (CUDA: one call over [0, T)) or carry it across tick chunks in arrays (CPU).
-NSTATE_F = 10
-NSTATE_I = 7
+NSTATE_F = 14
+NSTATE_I = 13
 
 
 @inline
 def init_state(ts0, cap):
     """The state before tick 0 (ts0 = ts[0], cap = the configuration's capital)."""
-    return (cap, cap, cap, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-            FLAT, 0, 0, ts0, 0, ts0, 0)
+    return (cap, cap, cap, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            FLAT, 0, 0, ts0, 0, ts0, 0, 0, MST_NONE, 0, 0, ts0, ts0)
+
+
+@inline
+def mark_value(equity, cash, sgn, qopen, unit, p, mult, inv, fees):
+    """Rule 6 while a trade is live: equity + cash + side * sigma * value(q_open, p) - fees."""
+    return equity + cash + sgn * value(qopen * unit, p, mult, inv) - fees
 
 
 @inline
 def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
     """Configuration c over ticks [t0, t1) (RULES.md order of work); returns the new state.
 
-    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank); cfg = the
-    configuration arrays in enums.CONFIG_FIELDS order; raw, bpnl, btr, bwin = the outputs; st = the
-    state tuple (NSTATE_F floats, NSTATE_I integers; see above). Tuples, because CPython
-    compiles a call with more than 30 arguments to CALL_FUNCTION_EX, which numba cannot
-    inline. Running [0, T) in one call or in consecutive chunks gives the same bits: every
-    value the loop carries from one tick to the next is in the state tuple, and the trades
-    add into the raw/bucket sums at their global exit tick.
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, tr_start,
+    tr_px, tr_qty, tr_side, mkt, bank); cfg = the configuration arrays in enums.CONFIG_FIELDS
+    order; raw, bpnl, btr, bwin = the outputs; st = the state tuple (NSTATE_F floats,
+    NSTATE_I integers; see above). Tuples, because CPython compiles a call with more than
+    30 arguments to CALL_FUNCTION_EX, which numba cannot inline. Running [0, T) in one call
+    or in consecutive chunks gives the same bits: every value the loop carries from one tick
+    to the next is in the state tuple, and the trades add into the raw/bucket sums at their
+    global exit tick.
+
+    Inside tick t, in this order: a cancel taking effect; the taker fill of a pending taker
+    order; the live maker order (trades, crossing, depth, then its time in force); a maker
+    order arriving (post-only check, queue position); decisions; the mark.
+
+    Most ticks of most configurations are flat with nothing in flight (an entry decision, no
+    mark: the mark of a flat tick is the equity) or in a position with no order of any kind
+    (an exit decision and the mark): those run in two tight inner loops, which the compiler
+    keeps in registers; every other tick runs the whole order of work above. Both paths read
+    the same rule functions (entry_side, exit_reason, top_price, mark_value, ...).
     """
-    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank) = book
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+     tr_start, tr_px, tr_qty, tr_side, mkt, bank) = book
     (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-     size_frac, max_qty, cooldown, fee_bps, latency, capital) = cfg
-    (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
-     state, pos, etick, ets, reason, target, next_entry) = st
+     size_frac, max_qty, cooldown, fee_bps, latency, capital,
+     entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency) = cfg
+    (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev, qcum,
+     state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
     T = ts.shape[0]
     B = bpnl.shape[1]
     srow = signal[c]
@@ -294,152 +581,365 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
     sf = size_frac[c]
     mq = max_qty[c]
     cd = cooldown[c]
-    fee = fee_bps[c] * BPS
+    rate = fee_bps[c] * BPS
     lat = latency[c]
+    maker_entry = entry_type[c] == MAKER
+    maker_tp = tp_type[c] == MAKER and tp < INF
+    koff = entry_offset[c]
+    tif = entry_tif[c]
+    clat = cancel_latency[c]
+    mrate = maker_fee_bps[c] * BPS
+    inv = mkt[M_INVERSE] != 0.0
+    sigma = 1
+    if inv:
+        sigma = -1
+    mult = mkt[M_MULT]
+    tick = mkt[M_TICK]
+    lot = mkt[M_LOT]
+    unit = 1.0  # quantities are held in units: whole lots, or contracts when lot is 0
+    if lot > 0.0:
+        unit = lot
 
-    for t in range(t0, t1):
+    t = t0
+    while t < t1:
+        if state == FLAT:
+            # flat with nothing in flight: entry decisions (rule 2) until one sends an order
+            while t < t1:
+                if t >= next_entry and equity > 0.0:
+                    s = float(bank[srow, t])
+                    r = 0.0
+                    if use_band:
+                        r = float(bank[rrow, t])
+                    want = entry_side(s, r, cfg_side, ent, bd, use_band)
+                    if want != 0:
+                        if want > 0:
+                            px = ask0[t]
+                        else:
+                            px = bid0[t]
+                        if px > 0.0 and px < INF:
+                            desired = floor_units(min(sf * equity / value(1.0, px, mult, inv), mq),
+                                                  lot)
+                            if desired > 0.0:
+                                if not maker_entry:
+                                    pos = want
+                                    oq = desired
+                                    state = ENTRY_PENDING
+                                    target = ts[t] + lat
+                                else:
+                                    # a maker entry k ticks behind the touch, sized with px
+                                    if want > 0:
+                                        pp = bid0[t]
+                                    else:
+                                        pp = ask0[t]
+                                    if pp > 0.0 and pp < INF:
+                                        k = to_tick(pp, tick) - want * koff
+                                        if k > 0:
+                                            pos = want
+                                            oq = desired
+                                            state = ENTRY_WORKING
+                                            qopen = 0.0
+                                            cash = 0.0
+                                            fees = 0.0
+                                            mst = MST_FLIGHT
+                                            mk = k
+                                            mtick = t
+                                            marr = ts[t] + lat
+                                            raw[c, R_POSTED] += 1.0
+                                            raw[c, R_POSTED_QTY] += desired * unit
+                t += 1
+                if state != FLAT:
+                    break
+            continue
+
+        if state == IN_POSITION and mst == MST_NONE:
+            # in a position with no order of any kind: exit decisions (rule 4) and marks
+            while t < t1:
+                if pos > 0:
+                    p = pbid[t]
+                else:
+                    p = pask[t]
+                p = top_price(p, e)
+                held = 0.0
+                if use_time:
+                    held = float(ts[t] - ets)
+                rsn = exit_reason(pos * (p - e), stop_thr, take_thr, held, mh, float(bank[srow, t]),
+                                  pos, ex)
+                if rsn >= 0:
+                    reason = rsn
+                    state = EXIT_PENDING
+                    target = ts[t] + lat
+                m = mark_value(equity, cash, pos * sigma, qopen, unit, p, mult, inv, fees)
+                peak, trough, max_dd = drawdown(m, peak, trough, max_dd)
+                t += 1
+                if state != IN_POSITION:
+                    break
+            continue
+
+        # any other tick: the whole order of work
+        start = state
+        done = False  # the entry completes at t
+        close = False  # the trade closes at t, for reason crsn
+        crsn = reason
+        # 1. a cancel taking effect (before anything else at t)
+        if mst >= MST_CANCEL and ts[t] >= mcan:
+            mst = MST_NONE
+            if state == ENTRY_WORKING:
+                if qopen > 0.0:
+                    done = True
+                else:
+                    state = FLAT
+                    pos = 0
+        # 2. the fill of a pending taker order
         if state == ENTRY_PENDING:
             if ts[t] >= target:
                 if pos > 0:
-                    q, v = entry_walk(ask_px, ask_sz, t, desired)
+                    wpx = ask_px
+                    wsz = ask_sz
                 else:
-                    q, v = entry_walk(bid_px, bid_sz, t, desired)
+                    wpx = bid_px
+                    wsz = bid_sz
+                q, v = entry_walk(wpx, wsz, t, oq, lot, inv)
                 if q > 0.0:
-                    qty = q
-                    e = v
-                    efee = fee * e * qty
-                    etick = t
-                    ets = ts[t]
-                    stop_thr = -sl * BPS * e
-                    take_thr = tp * BPS * e
-                    state = IN_POSITION
+                    qopen, cash, fees = taker_fill(c, raw, True, pos * sigma, q, unit, v, rate, mult,
+                                                   inv, 0.0, 0.0, 0.0)
+                    e = entry_price(qopen, unit, cash, pos * sigma, mult, inv)
+                    ftick = t
+                    done = True
                 else:
                     state = FLAT
                     pos = 0
         elif state == EXIT_PENDING:
-            if ts[t] >= target:
+            # an exit with no fill tick (or nothing displayed until then) fills at T-1
+            if ts[t] >= target or t == T - 1:
                 if pos > 0:
-                    ok, v = exit_walk(bid_px, bid_sz, t, qty, True)
+                    wpx = bid_px
+                    wsz = bid_sz
+                    p = pbid[t]
                 else:
-                    ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
+                    wpx = ask_px
+                    wsz = ask_sz
+                    p = pask[t]
+                ok, v = exit_walk(wpx, wsz, t, qopen * unit, pos > 0, inv)
+                if not ok and t == T - 1:
+                    v = top_price(p, e)
+                    ok = True
                 if ok:
-                    equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v,
-                                                  e, efee, fee, etick, ets, reason)
-                    state = FLAT
-                    pos = 0
-                    next_entry = t + 1 + cd
-                    # the mark of a flat tick is the equity: only an exit fill moves it
-                    peak, trough, max_dd = drawdown(equity, peak, trough, max_dd)
-        elif state == IN_POSITION:
-            if pos > 0:
-                p = top_price(pbid[t], e)
+                    qopen, cash, fees = taker_fill(c, raw, False, pos * sigma, qopen, unit, v, rate,
+                                                   mult, inv, qopen, cash, fees)
+                    close = True
+                    mst = MST_NONE  # a resting take profit goes with the trade
+        if mst != MST_NONE:
+            opening = state == ENTRY_WORKING
+            buy = (pos > 0) == opening
+            if buy:
+                own_px = bid_px
+                own_sz = bid_sz
+                opp_best = dask[t]
             else:
-                p = top_price(pask[t], e)
-            d = pos * (p - e)
+                own_px = ask_px
+                own_sz = ask_sz
+                opp_best = dbid[t]
+            # 3. the live maker order (live from the tick after its arrival)
+            if (mst & MST_LIVE) != 0 and t > mtick:
+                q0 = qopen
+                (oq, qa, qprev, qcum, qopen, cash,
+                 fees) = maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz,
+                                    opp_best, buy, opening, mk, mtick, oq, qa, qprev, qcum,
+                                    pos * sigma, mrate, mkt, qopen, cash, fees)
+                if opening:
+                    if qopen > q0:
+                        if not q0 > 0.0:
+                            ftick = t
+                        e = entry_price(qopen, unit, cash, pos * sigma, mult, inv)
+                    if not oq > 0.0:
+                        mst = MST_NONE
+                        done = True
+                    elif mst < MST_CANCEL and float(ts[t] - ts[mtick]) >= tif:
+                        # time in force: the cancel takes effect at the first tick after t
+                        # with ts >= ts[t] + cancel_latency
+                        mst = mst | MST_CANCEL
+                        mcan = ts[t] + clat
+                        raw[c, R_CANCELS] += 1.0
+                elif not oq > 0.0:
+                    # the take profit filled: the trade closes (reason take) and a taker exit
+                    # in flight fills nothing
+                    qopen = 0.0
+                    mst = MST_NONE
+                    close = True
+                    crsn = EXIT_TAKE
+            # 4. a maker order arriving: post-only check, then its place in the queue
+            elif (mst & MST_FLIGHT) != 0 and t > mtick and ts[t] >= marr:
+                if crosses(opp_best, mk, tick, buy):
+                    raw[c, R_REJECTED] += 1.0
+                    mst = MST_NONE
+                    if opening:
+                        state = FLAT
+                        pos = 0
+                    elif state != EXIT_PENDING:
+                        # a rejected take profit becomes a taker exit decided now
+                        state = EXIT_PENDING
+                        reason = EXIT_TAKE
+                        target = ts[t] + lat
+                else:
+                    qa, qprev, qcum = queue_arrive(level_size(own_px, own_sz, t, mk, tick, buy))
+                    mst = MST_LIVE | (mst & MST_CANCEL)
+                    mtick = t
+        if done:
+            (state, etick, ets, stop_thr, take_thr, mst, mk, mtick, marr,
+             oq) = entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, lat,
+                                  mst, mk, mtick, marr, oq)
+        elif close:
+            equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick,
+                                          crsn)
+            state = FLAT
+            pos = 0
+            qopen = 0.0
+            next_entry = t + 1 + cd
+            # the mark of a flat tick is the equity: only a closing fill moves it
+            peak, trough, max_dd = drawdown(equity, peak, trough, max_dd)
+
+        # 5. decisions: an exit decision in a position that was open at the start of the tick
+        # (a flat tick never comes here); the take test is off while a take profit rests
+        if start == IN_POSITION and state == IN_POSITION:
+            if pos > 0:
+                p = pbid[t]
+            else:
+                p = pask[t]
+            p = top_price(p, e)
             held = 0.0
             if use_time:
                 held = float(ts[t] - ets)
-            rsn = exit_reason(d, stop_thr, take_thr, held, mh, float(bank[srow, t]), pos, ex)
+            tt = take_thr
+            if mst != MST_NONE:
+                tt = INF
+            rsn = exit_reason(pos * (p - e), stop_thr, tt, held, mh, float(bank[srow, t]), pos, ex)
             if rsn >= 0:
                 reason = rsn
                 state = EXIT_PENDING
                 target = ts[t] + lat
-        else:
-            if t >= next_entry and equity > 0.0:
-                s = float(bank[srow, t])
-                r = 0.0
-                if use_band:
-                    r = float(bank[rrow, t])
-                want = entry_side(s, r, cfg_side, ent, bd, use_band)
-                if want != 0:
-                    if want > 0:
-                        px = ask0[t]
-                    else:
-                        px = bid0[t]
-                    if px > 0.0 and px < INF:
-                        desired = min(sf * equity / px, mq)
-                        pos = want
-                        state = ENTRY_PENDING
-                        target = ts[t] + lat
+                if mst != MST_NONE:
+                    # a take profit rests: cancel it (it may fill until the cancel takes effect)
+                    mst = mst | MST_CANCEL
+                    mcan = ts[t] + clat
+                    raw[c, R_CANCELS] += 1.0
 
-        if state == IN_POSITION or state == EXIT_PENDING:
+        # 6. the mark, while a trade is live (from its first opening fill)
+        if qopen > 0.0:
             if pos > 0:
-                p = top_price(pbid[t], e)
+                p = pbid[t]
             else:
-                p = top_price(pask[t], e)
-            m = equity + pos * qty * (p - e) - efee
+                p = pask[t]
+            p = top_price(p, e)
+            m = mark_value(equity, cash, pos * sigma, qopen, unit, p, mult, inv, fees)
             peak, trough, max_dd = drawdown(m, peak, trough, max_dd)
+        t += 1
 
-    return (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
-            state, pos, etick, ets, reason, target, next_entry)
+    return (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev,
+            qcum, state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr,
+            mcan)
 
 
 @inline
 def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
     """After the last tick: close what is open and write max_dd and the final equity
     (arguments as for run_ticks)."""
-    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank) = book
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+     tr_start, tr_px, tr_qty, tr_side, mkt, bank) = book
+    (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev, qcum,
+     state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
     (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-     size_frac, max_qty, cooldown, fee_bps, latency, capital) = cfg
-    (equity, peak, trough, max_dd, qty, e, efee, stop_thr, take_thr, desired,
-     state, pos, etick, ets, reason, target, next_entry) = st
+     size_frac, max_qty, cooldown, fee_bps, latency, capital,
+     entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency) = cfg
     T = ts.shape[0]
     B = bpnl.shape[1]
-    fee = fee_bps[c] * BPS
-    # after the last tick: a pending entry is dropped; a pending exit or an open position
-    # fills at T-1 by the exit walk (at the last seen price when nothing is displayed);
-    # the marks of tick T-1 are not recomputed.
-    if state == IN_POSITION or state == EXIT_PENDING:
+    rate = fee_bps[c] * BPS
+    inv = mkt[M_INVERSE] != 0.0
+    sigma = 1
+    if inv:
+        sigma = -1
+    unit = 1.0
+    if mkt[M_LOT] > 0.0:
+        unit = mkt[M_LOT]
+    # after the last tick: a pending taker entry is dropped, and so is what remains of a
+    # working maker entry; an exit decided at T-1 or a live trade (reason "end") is closed
+    # at T-1 by the exit walk (at the last seen price when nothing is displayed); the marks
+    # of tick T-1 are not recomputed.
+    if qopen > 0.0:
         t = T - 1
-        if state == IN_POSITION:
+        if state != EXIT_PENDING:
             reason = EXIT_END
         if pos > 0:
-            ok, v = exit_walk(bid_px, bid_sz, t, qty, True)
+            wpx = bid_px
+            wsz = bid_sz
+            p = pbid[t]
         else:
-            ok, v = exit_walk(ask_px, ask_sz, t, qty, False)
+            wpx = ask_px
+            wsz = ask_sz
+            p = pask[t]
+        ok, v = exit_walk(wpx, wsz, t, qopen * unit, pos > 0, inv)
         if not ok:
-            if pos > 0:
-                v = top_price(pbid[t], e)
-            else:
-                v = top_price(pask[t], e)
-        equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, pos, qty, v,
-                                      e, efee, fee, etick, ets, reason)
+            v = top_price(p, e)
+        qopen, cash, fees = taker_fill(c, raw, False, pos * sigma, qopen, unit, v, rate, mkt[M_MULT],
+                                       inv, qopen, cash, fees)
+        equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick,
+                                      reason)
 
     raw[c, R_MAXDD] = max_dd
     raw[c, R_EQUITY] = equity
 
 
 @inline
-def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
-               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-               size_frac, max_qty, cooldown, fee_bps, latency, capital,
-               raw, bpnl, btr, bwin):
-    """Simulate configuration c over all ticks in one call (the CUDA kernel's thread body)."""
-    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank)
-    cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-           size_frac, max_qty, cooldown, fee_bps, latency, capital)
+def run_one(c, book, cfg, raw, bpnl, btr, bwin):
+    """Simulate configuration c over all ticks in one call (the CUDA kernel's thread body);
+    book and cfg are the tuples of run_ticks."""
+    ts = book[0]
+    capital = cfg[14]
     reset_outputs(c, raw, bpnl, btr, bwin)
     st0 = init_state(ts[0], capital[c])
     st1 = run_ticks(c, 0, ts.shape[0], book, cfg, raw, bpnl, btr, bwin, st0)
     finish_config(c, book, cfg, raw, bpnl, btr, bwin, st1)
 
 
-_RULE_FUNCTIONS = ("displayed", "entry_walk", "exit_walk", "top_price", "exit_reason",
-                   "entry_side", "book_trade", "close_trade", "drawdown", "reset_outputs", "init_state", "run_ticks",
-                   "finish_config", "run_config")
+@inline
+def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+               tr_start, tr_px, tr_qty, tr_side, mkt, bank,
+               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+               size_frac, max_qty, cooldown, fee_bps, latency, capital,
+               entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency,
+               raw, bpnl, btr, bwin):
+    """run_one with every array as its own argument (kernels.BookArrays.as_args() + bank, the
+    configuration arrays in enums.CONFIG_FIELDS order, the outputs): for callers from Python
+    (more than 30 arguments: a kernel calls run_one with tuples instead)."""
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+            tr_start, tr_px, tr_qty, tr_side, mkt, bank)
+    cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+           size_frac, max_qty, cooldown, fee_bps, latency, capital,
+           entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
+    run_one(c, book, cfg, raw, bpnl, btr, bwin)
+
+
+_RULE_FUNCTIONS = ("displayed", "value", "floor_units", "to_tick", "entry_walk", "exit_walk",
+                   "level_size", "crosses", "top_price", "exit_reason", "entry_side", "book_fill",
+                   "entry_price", "taker_fill", "maker_fill", "maker_tick", "book_trade",
+                   "close_trade", "drawdown", "entry_complete", "reset_outputs", "init_state",
+                   "mark_value", "run_ticks", "finish_config", "run_one", "run_config") + QUEUE_FUNCTIONS
 
 
 def python_twin(name: str = "run_config"):
     """The same rule function as plain Python, calling plain-Python twins of its helpers.
 
     For numba-cuda's simulator, whose device arrays a compiled njit function cannot unbox:
-    the twins re-use each function's code object with globals in which every rule function is
-    its own twin, so the simulated kernel runs exactly this module's text.
+    the twins re-use each function's code object with globals in which every rule function
+    (this module's and gpu_engine/queue.py's) is its own twin, so the simulated kernel runs
+    exactly this text.
     """
     import types
 
-    namespace = dict(globals())
+    from gpu_engine import queue
+
+    namespace = dict(vars(queue))
+    namespace.update(globals())
     for fn in _RULE_FUNCTIONS:
-        code = globals()[fn].py_func.__code__
+        code = namespace[fn].py_func.__code__
         namespace[fn] = types.FunctionType(code, namespace, fn)
     return namespace[name]

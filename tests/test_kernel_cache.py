@@ -74,8 +74,8 @@ if "--twin" in sys.argv:
 print("RESULT " + json.dumps(res), flush=True)
 """
 
-FEE_LINE = "    xfee = fee * v * qty\n"
-EDITED_FEE_LINE = "    xfee = 2.0 * fee * v * qty\n"
+FEE_LINE = "    fee = rate * v\n"
+EDITED_FEE_LINE = "    fee = 2.0 * rate * v\n"
 
 
 def _env(pkg_root: Path, cache_dir: Path) -> dict:
@@ -235,8 +235,9 @@ def test_stamp_covers_every_module_the_kernels_are_built_from():
                         assert path in sources, (f.__name__, mod)
     names = {p.relative_to(cache.PACKAGE_DIR).as_posix()
              for p in cache.kernel_sources(cache.KERNEL_DIR / "cpu.py")}
-    assert {"strategy.py", "enums.py", "metrics.py", "kernels/cpu.py"} <= names
-    assert "sweep.py" not in names and "kernels/__init__.py" not in names
+    assert {"strategy.py", "queue.py", "enums.py", "kernels/cpu.py"} <= names
+    # the rules read their layouts from enums.py, never the metrics layer
+    assert "sweep.py" not in names and "kernels/__init__.py" not in names and "metrics.py" not in names
 
 
 def test_stamp_changes_with_each_source_and_toolchain(tmp_path, monkeypatch):

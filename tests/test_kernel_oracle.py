@@ -71,6 +71,13 @@ def random_configs(rng: np.random.Generator, C: int, T: int, span_ns: int) -> di
         # 0, typical, and longer than the data (fills never happen)
         "latency": rng.choice(np.array([0, 1_000_000, 3_000_000, 20_000_000, span_ns + 1], np.int64), C),
         "capital": rng.choice([100.0, 1_000.0, 10_000.0], C),
+        # rules v2 fields, all taker (the v2 generators are in tests/test_kernels_equivalence.py)
+        "entry_type": np.zeros(C, np.int8),
+        "entry_offset": np.zeros(C, np.int64),
+        "entry_tif": np.full(C, np.inf),
+        "tp_type": np.zeros(C, np.int8),
+        "maker_fee_bps": np.zeros(C),
+        "cancel_latency": np.zeros(C, np.int64),
     }
 
 

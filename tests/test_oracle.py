@@ -82,7 +82,7 @@ def test_golden(case):
             assert res.metrics[name] == want, name
         else:
             assert rel(res.metrics[name], want), (name, res.metrics[name], want)
-    assert list(res.metrics) == list(METRICS)
+    assert list(res.metrics) == list(METRICS) + [k for k in oracle.V2_METRICS if k not in METRICS]
     assert res.bucket_pnl.dtype == np.float64 and res.bucket_pnl.shape == (B,)
     assert rel(float(res.bucket_pnl.sum()), exp["net_pnl"])
     assert int(res.bucket_trades.sum()) == exp["trades"]
@@ -295,3 +295,43 @@ def test_exit_with_latency_past_the_end_fills_at_the_last_tick():
     check(res.metrics, trades=1, net_pnl=-2.0, final_equity=998.0, exits_signal=1, exposure=3 / 5,
           max_drawdown=0.002, mean_hold_s=12e-9)
     assert list(res.bucket_trades) == [0, 1]  # exit tick 4 -> floor(4 * 2 / 5) = 1
+
+
+def _late_exit_book():
+    # ts = 0, 10, 20, 21, 22; two bid levels at the last tick, so the exit walk there differs
+    # from the top price used by the mark
+    ts = [0, 10, 20, 21, 22]
+    bids = [[(99.0, 5), (98.5, 5)]] * 4 + [[(98.0, 0.5), (97.0, 5)]]
+    asks = [[(100.0, 5), (100.5, 5)]] * 5
+    return make_book(ts, bids, asks)
+
+
+def test_exit_without_fill_tick_fills_at_the_last_tick_before_its_mark():
+    # RULES "Order of work": an exit decided at t < T-1 with no fill tick fills as a fill of
+    # T-1, before the mark of T-1. latency 10, fee 10 bps, desired 0.1 * 1000 / 100 = 1.
+    # t0 long; t1 fill 1 @ 100 (entry fee 0.1). t2: s = -1 -> signal exit; its fill needs
+    # ts >= 30: none. t4 = T-1: filled there by the walk 0.5 @ 98 + 0.5 @ 97 = 97.5,
+    # exit fee 0.0975; PnL = -2.5 - 0.1 - 0.0975 = -2.6975.
+    # marks: 1000, 1000 - 1 - 0.1 = 998.9 (bid 99), 998.9, 998.9, then the closed trade:
+    # 997.3025 (the mark before the clarification, 1000 - 2 - 0.1 = 997.9, is gone).
+    sig = np.array([1, 0, -1, 1, 0], np.float32)
+    cfg = dict(entry=0.5, exit=0.5, latency=10, fee_bps=10.0, size_frac=0.1, capital=1000.0)
+    res = oracle.run(_late_exit_book(), sig, np.zeros(5, np.float32), cfg, 1)
+    (tr,) = res.trades
+    assert (tr["exit_decision_tick"], tr["exit_tick"], tr["reason"]) == (2, 4, "signal")
+    assert rel(tr["exit_vwap"], 97.5) and rel(tr["pnl"], -2.6975)
+    assert np.allclose(res.marks, [1000, 998.9, 998.9, 998.9, 997.3025], rtol=0, atol=1e-9)
+    check(res.metrics, final_equity=997.3025, max_drawdown=0.0026975)
+
+
+def test_exit_decided_at_the_last_tick_comes_after_its_mark():
+    # the same book with latency 0: the signal exit is decided at t4 = T-1 itself, so it
+    # fills after the mark of T-1 (mark 1000 - 2 - 0.1 = 997.9 at bid 98), like the "end" close
+    sig = np.array([1, 0, 0, 0, -1], np.float32)
+    cfg = dict(entry=0.5, exit=0.5, latency=0, fee_bps=10.0, size_frac=0.1, capital=1000.0)
+    res = oracle.run(_late_exit_book(), sig, np.zeros(5, np.float32), cfg, 1)
+    (tr,) = res.trades
+    assert (tr["exit_decision_tick"], tr["exit_tick"], tr["reason"]) == (4, 4, "signal")
+    assert rel(tr["pnl"], -2.6975)
+    assert rel(res.marks[-1], 997.9)
+    check(res.metrics, final_equity=997.3025, max_drawdown=0.0021)

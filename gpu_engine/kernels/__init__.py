@@ -1,7 +1,8 @@
 """Kernel dispatch: prepare the book arrays once, run the CPU or CUDA kernel in batches.
 
 `prepare_book` turns a Book-like object into the contiguous arrays the kernels read
-(strategy.py documents each). `run` takes validated, typed configuration arrays (the
+(strategy.py documents each): the book, its top-of-book helpers, its trades with each
+tick's index range of trades, and the run-wide market array (enums.MARKET_FIELDS). `run` takes validated, typed configuration arrays (the
 `enums.CONFIG_FIELDS` order), runs batches of at most `batch` configurations, and returns
 host arrays raw [C, NRAW] float64, bucket_pnl [C, B] float64, bucket_trades and
 bucket_wins [C, B] int32. Kernel modules are imported lazily: importing this package
@@ -16,8 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpu_engine.backend import Backend
-from gpu_engine.enums import CONFIG_FIELDS
-from gpu_engine.metrics import NRAW
+from gpu_engine.enums import (
+    CONFIG_FIELDS,
+    DEFAULT_QUEUE_N,
+    M_INVERSE,
+    M_LOT,
+    M_MULT,
+    M_QUEUE,
+    M_QUEUE_N,
+    M_TICK,
+    NMARKET,
+    NRAW,
+    QUEUE_RISK_AVERSE,
+)
 
 FIELDS = tuple(CONFIG_FIELDS)
 DEFAULT_BATCH = 1 << 18
@@ -55,6 +67,45 @@ def last_seen_top(px0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cur, last
 
 
+def best_displayed(px, sz, bid: bool) -> np.ndarray:
+    """Per tick, the best displayed price of one side (the highest displayed bid or the
+    lowest displayed ask; a level is displayed when its price and size are finite and > 0),
+    NaN when the side displays nothing."""
+    px = np.asarray(px, dtype=np.float64)
+    sz = np.asarray(sz, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        shown = np.isfinite(px) & (px > 0) & np.isfinite(sz) & (sz > 0)
+    if px.shape[0] == 0:
+        return np.zeros(0, np.float64)
+    if bid:
+        best = np.where(shown, px, -np.inf).max(axis=1)
+    else:
+        best = np.where(shown, px, np.inf).min(axis=1)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def trade_ranges(ts, trade_ts) -> np.ndarray:
+    """int64 [T + 1]: the trades of tick t are k in [out[t], out[t + 1]). Trade k goes to the
+    first tick with ts >= its time (np.searchsorted, side "left"); trades after the last
+    tick go to no tick. `trade_ts` must be non-decreasing (sweep.validate_book checks it)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    tick_of = np.searchsorted(ts, np.asarray(trade_ts, dtype=np.int64), side="left")
+    return np.searchsorted(tick_of, np.arange(ts.shape[0] + 1), side="left").astype(np.int64)
+
+
+def default_market() -> np.ndarray:
+    """The run-wide market of rules v1: linear, multiplier 1, no tick size (NaN: no maker
+    orders), continuous size (lot 0), risk-averse queue."""
+    mkt = np.zeros(NMARKET, np.float64)
+    mkt[M_INVERSE] = 0.0
+    mkt[M_MULT] = 1.0
+    mkt[M_TICK] = np.nan
+    mkt[M_LOT] = 0.0
+    mkt[M_QUEUE] = float(QUEUE_RISK_AVERSE)
+    mkt[M_QUEUE_N] = DEFAULT_QUEUE_N
+    return mkt
+
+
 @dataclass
 class BookArrays:
     """The book as the kernels read it (on the backend's device)."""
@@ -68,6 +119,13 @@ class BookArrays:
     ask0: object
     pbid: object
     pask: object
+    dbid: object
+    dask: object
+    tr_start: object
+    tr_px: object
+    tr_qty: object
+    tr_side: object
+    mkt: object
 
     @property
     def T(self) -> int:
@@ -75,11 +133,15 @@ class BookArrays:
 
     def as_args(self) -> tuple:
         return (self.ts, self.bid_px, self.ask_px, self.bid_sz, self.ask_sz,
-                self.bid0, self.ask0, self.pbid, self.pask)
+                self.bid0, self.ask0, self.pbid, self.pask, self.dbid, self.dask,
+                self.tr_start, self.tr_px, self.tr_qty, self.tr_side, self.mkt)
 
 
-def prepare_book(book, backend: Backend) -> BookArrays:
-    """Contiguous, canonically typed book arrays plus the top-of-book helpers, on device."""
+def prepare_book(book, backend: Backend, market=None, trades: bool = True) -> BookArrays:
+    """Contiguous, canonically typed book arrays plus the top-of-book helpers, the trades
+    (`book.trades`, when present and `trades` is true: only maker orders read them) with each
+    tick's trade range, and the market array (`market`, enums.MARKET_FIELDS order; None =
+    default_market(), rules v1), on device. Computed once per book and run."""
     ts = np.ascontiguousarray(book.ts, dtype=np.int64)
     bid_px = np.ascontiguousarray(book.bid_px, dtype=np.float64)
     ask_px = np.ascontiguousarray(book.ask_px, dtype=np.float64)
@@ -87,9 +149,27 @@ def prepare_book(book, backend: Backend) -> BookArrays:
     ask_sz = np.ascontiguousarray(book.ask_sz, dtype=np.float32)
     bid0, pbid = last_seen_top(bid_px[:, 0])
     ask0, pask = last_seen_top(ask_px[:, 0])
+    dbid = best_displayed(bid_px, bid_sz, bid=True)
+    dask = best_displayed(ask_px, ask_sz, bid=False)
+    tr = getattr(book, "trades", None) if trades else None
+    if tr is not None and len(tr.ts) > 0:
+        tr_start = trade_ranges(ts, tr.ts)
+        tr_px = np.ascontiguousarray(tr.px, dtype=np.float64)
+        tr_qty = np.ascontiguousarray(tr.qty, dtype=np.float64)
+        tr_side = np.ascontiguousarray(tr.side, dtype=np.int8)
+    else:
+        # no trades: every tick's range is empty (one dummy trade keeps the arrays non-empty)
+        tr_start = np.zeros(ts.shape[0] + 1, np.int64)
+        tr_px = np.zeros(1, np.float64)
+        tr_qty = np.zeros(1, np.float64)
+        tr_side = np.zeros(1, np.int8)
+    mkt = default_market() if market is None else np.ascontiguousarray(market, dtype=np.float64)
+    if mkt.shape != (NMARKET,):
+        raise ValueError(f"market must be a float64 array of {NMARKET} values, got shape {mkt.shape}")
     dev = backend.to_device
     return BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
-                      dev(bid0), dev(ask0), dev(pbid), dev(pask))
+                      dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask),
+                      dev(tr_start), dev(tr_px), dev(tr_qty), dev(tr_side), dev(mkt))
 
 
 def allocate(C: int, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -97,9 +177,25 @@ def allocate(C: int, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
             np.zeros((C, B), np.int32), np.zeros((C, B), np.int32))
 
 
+def with_defaults(cfg: dict[str, np.ndarray], C: int) -> dict[str, np.ndarray]:
+    """`cfg` with every CONFIG_FIELDS field it lacks at its default (callers written for rules
+    v1, which pass v1 fields only, get the v1 behaviour of the v2 fields)."""
+    missing = [f for f in FIELDS if f not in cfg]
+    if not missing:
+        return cfg
+    out = dict(cfg)
+    for f in missing:
+        dtype, default = CONFIG_FIELDS[f]
+        if default is None:
+            raise ValueError(f"config field {f!r} is required")
+        out[f] = np.full(C, default, dtype=dtype)
+    return out
+
+
 def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], buckets: int,
         batch: int = DEFAULT_BATCH, chunk: int | None = None):
-    """Run the kernel for every configuration in `cfg` (typed host arrays, FIELDS order).
+    """Run the kernel for every configuration in `cfg` (typed host arrays, FIELDS order;
+    fields it lacks take their CONFIG_FIELDS defaults).
 
     `chunk`: ticks per chunk of the CPU kernel (default kernels.cpu.DEFAULT_CHUNK; the
     results do not depend on it); the CUDA kernel runs all ticks in one call.
@@ -108,6 +204,7 @@ def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], bu
     if chunk is not None and not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
         raise ValueError(f"chunk must be an integer >= 1 (ticks), got {chunk!r}")
     C = int(cfg[FIELDS[0]].shape[0])
+    cfg = with_defaults(cfg, C)
     out = allocate(C, buckets)
     batch = max(1, int(batch))
     if backend.is_cuda:
@@ -185,7 +282,8 @@ def _load_cpu_kernel(kernel, args: tuple) -> None:
 
 # dtypes of BookArrays.as_args(), in that order (prepare_book)
 BOOK_DTYPES = (np.int64, np.float64, np.float64, np.float32, np.float32,
-               np.float64, np.float64, np.float64, np.float64)
+               np.float64, np.float64, np.float64, np.float64, np.float64, np.float64,
+               np.int64, np.float64, np.float64, np.int8, np.float64)
 
 
 def _cpu_input(a, dtype) -> np.ndarray:

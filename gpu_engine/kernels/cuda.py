@@ -1,11 +1,12 @@
 """CUDA sweep kernel: numba-cuda `@cuda.jit`, one thread per configuration.
 
-The thread runs `strategy.run_config` (an `njit(inline="always")` function that numba-cuda
-compiles for the GPU). The caller sorts configurations by signal row so a warp reads one
-bank row (a broadcast load per tick). On a real GPU the arrays are CuPy arrays (passed
-through `__cuda_array_interface__`); under the simulator (NUMBA_ENABLE_CUDASIM=1) they are
-numpy arrays. `from numba import cuda` must stay a module-level import (the simulator swaps
-the `cuda` global of the kernel's module).
+The thread runs `strategy.run_one` (an `njit(inline="always")` function that numba-cuda
+compiles for the GPU) on the book and configuration tuples it builds from its arguments
+(kernels.BookArrays.as_args() + bank, the CONFIG_FIELDS arrays, the outputs). The caller
+sorts configurations by signal row so a warp reads one bank row (a broadcast load per tick).
+On a real GPU the arrays are CuPy arrays (passed through `__cuda_array_interface__`); under
+the simulator (NUMBA_ENABLE_CUDASIM=1) they are numpy arrays. `from numba import cuda` must
+stay a module-level import (the simulator swaps the `cuda` global of the kernel's module).
 
 On a real GPU the compiled kernel is cached on disk by kernels/cache.py like the CPU kernel
 (`DISK_CACHE`: the folder, None when there is none), keyed by the sources of this file and
@@ -20,11 +21,11 @@ from numba import cuda
 from gpu_engine.backend import simulator_enabled
 from gpu_engine.kernels import cache as _cache
 from gpu_engine.strategy import python_twin
-from gpu_engine.strategy import run_config as _compiled_run_config
+from gpu_engine.strategy import run_one as _compiled_run_one
 
 # Under the simulator the kernel body runs as Python on fake device arrays, which a compiled
 # njit function cannot unbox: it then calls the plain-Python twin of the same rules.
-run_config = python_twin("run_config") if simulator_enabled() else _compiled_run_config
+run_one = python_twin("run_one") if simulator_enabled() else _compiled_run_one
 
 THREADS_PER_BLOCK = 128
 
@@ -57,16 +58,20 @@ if not simulator_enabled():
     _disable_fma_contraction()
 
 
-def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
+def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+                tr_start, tr_px, tr_qty, tr_side, mkt, bank,
                 signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                 size_frac, max_qty, cooldown, fee_bps, latency, capital,
+                entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency,
                 raw, bpnl, btr, bwin):
     c = cuda.grid(1)
     if c < signal.shape[0]:
-        run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, bank,
-                   signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-                   size_frac, max_qty, cooldown, fee_bps, latency, capital,
-                   raw, bpnl, btr, bwin)
+        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+                tr_start, tr_px, tr_qty, tr_side, mkt, bank)
+        cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+               size_frac, max_qty, cooldown, fee_bps, latency, capital,
+               entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
+        run_one(c, book, cfg, raw, bpnl, btr, bwin)
 
 
 sweep_cuda_pyfunc = _sweep_cuda  # the plain function, for cuda.compile_ptx (tests/test_ptx.py)
