@@ -443,3 +443,42 @@ def test_trade_rows_and_the_live_line_feed(tmp_path):
             assert x == y
         else:
             assert x.ts == y.ts and x.seq == y.seq and np.array_equal(x.bid_px, y.bid_px, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- cryptofeed line kinds, re-pushes
+
+def test_cryptofeed_sent_connect_and_http_lines_are_never_read_as_data(tmp_path):
+    """cryptofeed writes received messages as bare `<ts>: <json>`; `<url> <- ts: json` is what the
+    client SENT (here a payload that names a book topic and even contains " <-> "), `<url> <->` a
+    connect, `<url> -> ts: json` an HTTP answer."""
+    ex = Exchange(seed=8)
+    msgs = [ex.snapshot()] + [ex.delta() for _ in range(4)]
+    fake = json.dumps({"op": "subscribe", "args": [f"orderbook.50.{SYM}"], "note": " <-> ", "topic":
+                       f"orderbook.50.{SYM}", "type": "snapshot", "ts": T0, "data": {"b": [], "a": [], "u": 1}})
+    lines = [f"{URL} <-> 1758841133.000001", f"{URL} <- 1758841133.5: {fake}",
+             f'https://api.bybit.com/v5/market/time -> 1758841133.6: {{"retCode": 0}}']
+    lines += [f"{(T0 + i) / 1e3:.6f}: {json.dumps(m)}" for i, m in enumerate(msgs)]
+    lines.insert(5, f"{URL} <- 1758841134.7: {fake}")   # mid-stream: no reset, no reconnect
+    path = tmp_path / "cf.txt"
+    path.write_text("\n".join(lines) + "\n")
+    rep = ImportReport()
+    rows = [r for r in bybit.read([path], DEPTH, None, rep) if isinstance(r, BookRow)]
+    assert len(rows) == 5 and rep.gaps == [] and rep.messages == 5
+    assert rep.extra["sent_lines"] == 2 and rep.extra["rest_lines"] == 1 and rep.extra["market"] == "linear"
+    assert [r.ts for r in rows] == [w[0] for w in rebuild_v5(msgs, DEPTH)]
+
+
+def test_v5_same_u_snapshot_is_a_snapshot_and_counted(tmp_path):
+    """orderbook.1 re-pushes an unchanged book with the same u after 3 s: a row at the new ts."""
+    ex = Exchange(seed=9, depth_topic=1)
+    first = ex.snapshot()
+    again = ex.snapshot(u=ex.u)                 # same u, same levels, later ts
+    changed = ex.snapshot(u=ex.u)
+    changed["data"]["b"][0][1] = "9.999"        # same u but other levels: not what Bybit documents
+    path = write_forms(tmp_path, [first, again, changed])["bare"]
+    rep = ImportReport()
+    rows = list(bybit.read([path], DEPTH, None, rep))
+    assert [r.ts for r in rows] == [m["ts"] * 1_000_000 for m in (first, again, changed)]
+    assert [r.seq for r in rows] == [ex.u] * 3 and float(rows[2].bid_sz[0]) == pytest.approx(9.999)
+    assert rep.extra["same_u_snapshots"] == 2 and rep.extra["same_u_snapshots_changed"] == 1
+    assert any("same u" in n for n in rep.notes) and rep.gaps == [] and rep.duplicates == 0

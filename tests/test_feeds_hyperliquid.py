@@ -64,7 +64,9 @@ def write_forms(tmp_path, msgs) -> dict:
 
     forms = {
         "hftbacktest": [f"{local(i)} {json.dumps(m, separators=(',', ':'))}" for i, m in enumerate(msgs)],
-        "cryptofeed": ["wss://api.hyperliquid.xyz/ws <-> 1737918843.100000"]
+        "cryptofeed": ["wss://api.hyperliquid.xyz/ws <-> 1737918843.100000",  # connect, then a SENT request
+                       'wss://api.hyperliquid.xyz/ws <- 1737918843.2: {"method": "subscribe", "subscription": '
+                       '{"type": "l2Book", "coin": "BTC"}}']
                       + [f"{local(i) / 1e9:.9f}: {json.dumps(m)}" for i, m in enumerate(msgs)],
         "bare": [json.dumps(m) for m in msgs],
     }
@@ -120,6 +122,10 @@ def test_every_line_form_imports_to_the_independent_rebuild(tmp_path):
         assert np.array_equal(book.trades.ts, [t["time"] * 1_000_000 for t in all_trades])
         assert np.array_equal(book.trades.qty, [float(t["sz"]) for t in all_trades])
         assert rep.gaps == [] and rep.symbol == "BTC" and rep.bad_lines == 0
+        # the replayed trades are older than the first book: kept, counted and noted
+        assert rep.extra["trades_before_first_book"] == 6 == book.attrs["trades_before_first_book"]
+        assert any("before the first book row" in n for n in rep.notes)
+        assert rep.extra.get("sent_lines", 0) == (form == "cryptofeed") and rep.messages == len(msgs)
         assert book.attrs["exchange"] == "hyperliquid" and book.attrs["market"] == "perp"
         assert book.attrs["tick_size"] == 1.0
 

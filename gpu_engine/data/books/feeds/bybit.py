@@ -1,14 +1,27 @@
 """Bybit reader: public order-book and trade streams, v5 and the older v2 -> book rows and trades.
 
-Input: hftbacktest (`<local_ns> <json>`), cryptofeed (`<seconds>: <json>`, with its `<url> <->`
-connection headers) or bare JSON lines, in any mix (`feeds/mixed.py`); what `record --exchange
-bybit --raw` writes is the first shape plus a `<url> <-> <seconds>` line at every connection.
+Input: hftbacktest (`<local_ns> <json>`), cryptofeed raw captures or bare JSON lines, in any
+mix (`feeds/mixed.py`); what `record --exchange bybit --raw` writes is the first shape plus a
+`<url> <-> <seconds>` line at every connection. In a cryptofeed capture only the bare
+`<seconds>: <json>` lines are received messages: `<url> <-> <seconds>` is a connect (every
+book then waits for a fresh snapshot), `<url> <- <seconds>: <json>` a message the client sent
+(its subscribe requests: skipped, counted in `extra["sent_lines"]`, never read as data) and
+`<url> -> <seconds>: <json>` an HTTP answer (skipped, `extra["rest_lines"]`).
+
+Checked on real captures (tests/data/venues/, tests/test_venues_real.py): cryptofeed's 2021
+v2 `orderBookL2_25` inverse and USDT recordings and its 2025 v5 `orderbook.1` linear and
+spot recordings import without a gap, never crossed, equal at every row to an independent
+rebuild.
 
 v5 (bybit-exchange.github.io/docs/v5/websocket/public/orderbook, .../trade):
 * `{"topic": "orderbook.{depth}.{symbol}", "type": "snapshot"|"delta", "ts": ms, "data": {"s",
   "b": [[price, size]...], "a": [...], "u": update id, "seq": cross sequence}, "cts": ms}`.
   Sizes are absolute, "0" deletes. A snapshot resets the book (the subscription starts with
-  one; Bybit re-sends one when its service needs to). `u` is a per-topic sequence: a delta
+  one; Bybit re-sends one when its service needs to). `orderbook.1` is all snapshots, and
+  one is pushed again with the same `u` after 3 s without a change: it is applied like any
+  snapshot (a row at its later `ts`, seq = the same `u`) and counted in
+  `extra["same_u_snapshots"]` (`extra["same_u_snapshots_changed"]`, noted, if its levels
+  differ from the book's, which the venue says cannot happen). `u` is a per-topic sequence: a delta
   must carry u = last u + 1; `u` == 1 means the service restarted and the message is a full
   book, so it is applied as a snapshot whatever its `type`. A delta whose u is not above the
   last is a duplicate (ignored); any other jump is a gap: recorded (kind `id_gap`, `seq` =
@@ -35,6 +48,9 @@ wrong: a gap until the next snapshot. ts = `timestamp_e6` (us -> ns), seq = `cro
 (not continuous: no sequence check). Trades `trade.{symbol}`: `trade_time_ms`, `side` (taker),
 `size`, `price`, `trade_id`.
 
+Trades stamped before the symbol's first book row (the first v2 pushes after a subscribe
+hold trades from before it) are kept and counted (`mixed.count_early_trades`).
+
 Book known wrong -> no rows until the symbol's next snapshot, recorded as a gap: an id gap,
 a malformed level (non-number, negative size), a crossed or locked book, a line that does
 not parse but names the book topic, a reconnect header. Without --symbol the first symbol
@@ -54,7 +70,7 @@ from gpu_engine.data.books.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, 
                                                   tick_step)
 from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.books.feeds.jsonl import iter_lines
-from gpu_engine.data.books.feeds.mixed import RecentIds, iter_mixed
+from gpu_engine.data.books.feeds.mixed import RecentIds, count_early_trades, iter_mixed
 
 SCAN_LINES = 5000        # lines per file looked at to find the deepest orderbook topic
 V5_BOOK = re.compile(r"^orderbook\.(\d+)\.(.+)$")
@@ -118,6 +134,10 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
     `book_depth`: the orderbook.N topic to build rows from (default: the deepest in the input).
     `market`: store attr when the caller knows it (the recorder does).
     """
+    return count_early_trades(_read(paths, depth, symbol, report, lines, book_depth, market), report)
+
+
+def _read(paths, depth, symbol, report: ImportReport, lines, book_depth, market) -> Iterator[BookRow | TradeRow]:
     report.extra.setdefault("exchange", "bybit")
     if market:
         report.extra["market"] = market
@@ -302,7 +322,14 @@ def _v5_book(obj, st: _Book, sym, depth, report, path, lineno, local) -> BookRow
     if snapshot:
         if u == 1 and st.last_seq > 1:
             report.count("service_restart_snapshots")
+        before = st.book.levels() if st.synced and u == st.last_seq else None
         st.book.apply_snapshot(bids, asks)
+        if before is not None:  # orderbook.1 re-pushes an unchanged book with the same u
+            report.count("same_u_snapshots")
+            if st.book.levels() != before:
+                report.count("same_u_snapshots_changed")
+                report.note(f"{path.name}:{lineno}: {sym}: a snapshot with the same u {u} as the book "
+                            "but other levels (applied: a snapshot resets the book)")
         _snapshot_meta(report, bids, asks)
         if st.book.crossed():
             _refuse_snapshot(st, ts, path, lineno)

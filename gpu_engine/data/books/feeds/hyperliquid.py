@@ -1,7 +1,15 @@
 """Hyperliquid reader: WebSocket `l2Book` snapshots and `trades` -> book rows and trades.
 
 Input: hftbacktest's collector (`<local_ns> <json>`), cryptofeed (`<seconds>: <json>`) or bare
-JSON lines, in any mix (`feeds/mixed.py`).
+JSON lines, in any mix (`feeds/mixed.py`). In a cryptofeed capture only the bare `<seconds>:
+<json>` lines are received messages: its `<url> <- <seconds>: <json>` lines are what the
+client sent (subscribe requests: skipped, `extra["sent_lines"]`), `<url> <-> <seconds>` a
+connect (counted in `extra["connections"]`) and `<url> -> <seconds>: <json>` an HTTP answer
+(skipped, `extra["rest_lines"]`).
+
+Checked on a real capture (hftbacktest's `examples/hyperliquid/btcusd_20250126.gz`, in
+tests/data/venues/; tests/test_venues_real.py): no gap, never crossed, every row equal to an
+independent rebuild, every trade kept.
 
 Messages (Hyperliquid WebSocket API, `wss://api.hyperliquid.xyz/ws`; the layout below is the
 one in hftbacktest's example capture `examples/hyperliquid/btcusd_20250126.gz`, whose converter
@@ -14,8 +22,13 @@ also reads `side` as the trade initiator's):
   Rows: ts = `time` (ms -> ns), seq = -1, one row per (non-duplicate) message.
 * `{"channel": "trades", "data": [{"coin", "side": "B"|"A", "px", "sz", "time": ms, "hash",
   "tid", "users"}]}`: `side` is the taker's (B: a buyer lifted the ask -> +1, A -> -1). The
-  first message of a subscription replays recent trades, so a reconnect repeats trades:
-  a `tid` among the last `mixed.RECENT_IDS` seen is a duplicate (tids are not ordered).
+  first message of a subscription replays recent trades (in the capture above: 30 trades
+  of the 49 s before the first book), so a reconnect repeats trades: a `tid` among the last
+  `mixed.RECENT_IDS` seen is a duplicate (tids are not ordered). The replayed trades older
+  than the first book row are kept at their own times (trade ts = `time`, when they were
+  public; the store orders trades by time only) and counted in
+  `extra["trades_before_first_book"]` with a note (`mixed.count_early_trades`): a `Market`
+  aligns them to its first tick.
 * `subscriptionResponse`, `pong` and the other channels (`bbo`, `allMids`, `candle`, ...)
   are counted and skipped; an `error` message is noted.
 
@@ -34,7 +47,7 @@ from gpu_engine.data.books.feeds.book import LevelError, parse_levels
 from gpu_engine.data.books.feeds.coinbase import (BAD, CONNECT, MAX_LISTED_BAD, BookState, Picker, TradeClock,
                                                   tick_step)
 from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
-from gpu_engine.data.books.feeds.mixed import RecentIds, iter_mixed
+from gpu_engine.data.books.feeds.mixed import RecentIds, count_early_trades, iter_mixed
 
 __all__ = ["read"]
 
@@ -62,6 +75,10 @@ def read(paths: list[Path], depth: int, symbol: str | None, report: ImportReport
     `lines`: instead of reading `paths`, iterate these `(kind, path, lineno, local_ts, obj)`
     tuples (what `feeds.mixed.iter_mixed` yields).
     """
+    return count_early_trades(_read(paths, depth, symbol, report, lines), report)
+
+
+def _read(paths, depth: int, symbol: str | None, report: ImportReport, lines) -> Iterator[BookRow | TradeRow]:
     report.extra.setdefault("exchange", "hyperliquid")
     pick = Picker(symbol, report)
     books: dict[str, _Book] = {}

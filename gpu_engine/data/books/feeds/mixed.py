@@ -8,11 +8,14 @@ on its own (`sniff.split_shape`) and split by the splitters of `feeds/jsonl.py`:
   unit detected by magnitude (`jsonl.stamp_to_ns`);
 * `<seconds>: <json>` (cryptofeed's raw data collection);
 * a bare JSON object per line (no receive stamp: local_ts = -1);
-* cryptofeed's other lines: `<ws url> <-> <seconds>` starts a connection (yielded as
-  `CONNECT`: a reader drops books that a new connection must resnapshot), `<ws url> <-
-  <seconds>: <json>` is a message we SENT (subscribe, ping: skipped, counted in
-  `extra["sent_lines"]`), `<http url> -> <seconds>: <json>` a REST answer (skipped,
-  `extra["rest_lines"]`).
+* cryptofeed's other lines (its `raw_data_collection.py` writes four kinds, and only the bare
+  `<seconds>: <json>` kind above is a message the client RECEIVED): `<ws url> <-> <seconds>`
+  starts a connection (yielded as `CONNECT`: a reader drops books that a new connection must
+  resnapshot), `<ws url> <- <seconds>: <json>` is a message the client SENT (subscribe,
+  ping: never read as market data, counted in `extra["sent_lines"]`), `<http url> ->
+  <seconds>: <json>[ header: {...}]` a REST answer (skipped, `extra["rest_lines"]`). The
+  arrow is the token right after the url, so a sent payload that happens to contain
+  " <-> " is still a sent line.
 
 `iter_mixed(paths, report)` yields the tuples `coinbase.iter_cryptofeed` yields
 (`kind, path, lineno, local_ts_ns, payload`; kinds `CONNECT`, `BAD`, `MESSAGE` from
@@ -23,22 +26,32 @@ single usable message raises `InputError` naming the file and its first bad line
 
 `RecentIds` remembers the last `RECENT_IDS` trade ids of a symbol, for feeds whose trade ids
 are unique but not ordered (Bybit UUIDs, Hyperliquid tids): a repeat is a duplicate.
+
+`count_early_trades(items, report)` passes a reader's rows through and counts the trades
+stamped before their symbol's first book row (`extra["trades_before_first_book"]`, with a
+note): a trade subscription often starts with a replay of recent trades (Hyperliquid's
+first `trades` message; the first Bybit v2 trade pushes), older than the first book the
+capture holds. They are kept (the store's contract orders trades by time only, and they
+were public at their times); a `Market` aligns each to the first tick at or after it, so
+they all land on the first tick.
 """
 from __future__ import annotations
 
 import json
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 from gpu_engine.data.books.feeds import sniff
 from gpu_engine.data.books.feeds.coinbase import BAD, CONNECT, MAX_LISTED_BAD, MESSAGE
-from gpu_engine.data.books.feeds.events import ImportReport
+from gpu_engine.data.books.feeds.events import BookRow, ImportReport, TradeRow
 from gpu_engine.data.books.feeds.jsonl import (LOCAL_TS_TOLERANCE_NS, iter_lines, seconds_to_ns,
                                                split_cryptofeed_line, split_stamped_line)
 from gpu_engine.errors import InputError
 
-__all__ = ["iter_mixed", "RecentIds", "RECENT_IDS", "BAD", "CONNECT", "MESSAGE"]
+__all__ = ["iter_mixed", "count_early_trades", "RecentIds", "RECENT_IDS", "BAD", "CONNECT", "MESSAGE"]
 
 RECENT_IDS = 100_000  # trade ids remembered for duplicate detection
 
@@ -49,6 +62,12 @@ def _header_stamp(line: bytes) -> int:
         return seconds_to_ns(line.rsplit(b" ", 1)[1])
     except (ValueError, IndexError, UnicodeDecodeError):
         return -1
+
+
+def _arrow(line: bytes) -> bytes:
+    """The direction token after a cryptofeed line's url: b"<->" (connect), b"<-" (sent), b"->" (REST)."""
+    parts = line.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b""
 
 
 def iter_mixed(paths, report: ImportReport) -> Iterator[tuple[str, Path, int, int, object]]:
@@ -68,10 +87,13 @@ def iter_mixed(paths, report: ImportReport) -> Iterator[tuple[str, Path, int, in
             try:
                 shape, _ = sniff.split_shape(s)
                 if shape == "header":
-                    if b" <-> " in s:
+                    arrow = _arrow(s)
+                    if arrow == b"<->":
                         yield CONNECT, path, lineno, _header_stamp(s), s.split(b" ", 1)[0]
-                    elif b" <- " in s:
+                    elif arrow == b"<-":
                         report.count("sent_lines")
+                    elif arrow == b"->":
+                        report.count("rest_lines")
                     else:
                         report.count("header_lines")
                     continue
@@ -125,3 +147,36 @@ class RecentIds:
         if len(self.order) > self.n:
             self.seen.discard(self.order.popleft())
         return True
+
+
+def count_early_trades(items, report: ImportReport) -> Iterator:
+    """`items` (a reader's rows) unchanged, counting the trades stamped before their symbol's
+    first book row in `report.extra["trades_before_first_book"]` (noted; module docstring).
+
+    A reader yields each symbol's trades in non-decreasing time (`TradeClock`), so the trades
+    seen before the first book row are counted with one bisection when it comes."""
+    first: dict[str, int] = {}
+    pending: dict[str, array] = {}
+    early = 0
+    for item in items:
+        kind = type(item)
+        if kind is BookRow:
+            if item.symbol not in first:
+                first[item.symbol] = item.ts
+                waiting = pending.pop(item.symbol, None)
+                if waiting:
+                    early += bisect_left(waiting, item.ts)
+        elif kind is TradeRow:
+            t0 = first.get(item.symbol)
+            if t0 is None:
+                waiting = pending.get(item.symbol)
+                if waiting is None:
+                    waiting = pending[item.symbol] = array("q")
+                waiting.append(item.ts)
+            elif item.ts < t0:
+                early += 1
+        yield item
+    if early:
+        report.extra["trades_before_first_book"] = early
+        report.note(f"{early:,} trades are stamped before the first book row (a trade subscription's "
+                    "replay of recent trades): kept at their own times; a backtest sees them at its first tick")
