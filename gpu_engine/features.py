@@ -12,6 +12,12 @@ Every value at tick t is computed from ticks <= t (and trades stamped <= ts[t]) 
 windows are differences of prefix sums (`cumsum`), which never read past t (tested in
 tests/test_lookahead.py, bitwise). Sums run in float64; the bank is cast to float32 at the end.
 
+Chunked build: gpu_engine/features_stream.py (`BankStream`) builds the same bank window by window
+of rows with bounded memory, carrying each window's history (prefix sums, lags, the previous
+book row, the causal fits' sums, pending trades); on numpy it equals this one-shot bank bitwise
+(tests/test_features_stream.py). `_rolling_sum` and `_lagged` read that carry while a window is
+evaluated (`_CARRY`), so a feature built from them streams without change.
+
 Conventions
 -----------
 * A level is *displayed* when its price is finite and > 0 and its size finite and > 0
@@ -69,6 +75,7 @@ block_fees_btc(blocks), block_tx_count(blocks).
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 from dataclasses import dataclass
@@ -117,8 +124,17 @@ def _safe_div(xp, num, den):
     return xp.where(ok, num / xp.where(ok, den, 1.0), xp.nan)
 
 
+# While a window of a chunked build runs (gpu_engine/features_stream.py), the window's carried
+# history: `_rolling_sum` and `_lagged` then continue the prefix sums and lags of the earlier
+# windows, so the chunked bank equals the one-shot bank bitwise. None in a one-shot build.
+_CARRY: contextvars.ContextVar = contextvars.ContextVar("gpu_engine_features_carry", default=None)
+
+
 def _rolling_sum(xp, x, w: int):
     """out[t] = sum(x[t-w+1..t]) for t >= w, NaN before (prefix-sum difference: causal)."""
+    carry = _CARRY.get()
+    if carry is not None:
+        return carry.rolling_sum(xp, x, w)
     T = x.shape[0]
     out = xp.full(T, xp.nan, dtype=xp.float64)
     if w < T:
@@ -129,11 +145,27 @@ def _rolling_sum(xp, x, w: int):
 
 def _lagged(xp, x, w: int):
     """out[t] = x[t-w] for t >= w, NaN before."""
+    carry = _CARRY.get()
+    if carry is not None:
+        return carry.lagged(xp, x, w)
     T = x.shape[0]
     out = xp.full(T, xp.nan, dtype=xp.float64)
     if w < T:
         out[w:] = x[:-w]
     return out
+
+
+def _e_rows(xp, bp, ap, bq, aq):
+    """e_n per level from the neutralised side books, float64 [T, L]; row 0 is 0."""
+    e = xp.zeros(bp.shape, dtype=xp.float64)
+    if bp.shape[0] > 1:
+        b_up = bp[1:] >= bp[:-1]
+        b_dn = bp[1:] <= bp[:-1]
+        a_dn = ap[1:] <= ap[:-1]
+        a_up = ap[1:] >= ap[:-1]
+        e[1:] = (xp.where(b_up, bq[1:], 0.0) - xp.where(b_dn, bq[:-1], 0.0)
+                 - xp.where(a_dn, aq[1:], 0.0) + xp.where(a_up, aq[:-1], 0.0))
+    return e
 
 
 class _Ctx:
@@ -165,17 +197,8 @@ class _Ctx:
     def e_levels(self):
         """e_n per level, float64 [T, L]; row 0 is 0 (never used by a filled window)."""
         def make():
-            xp = self.xp
             bp, ap, bq, aq, _, _ = self.book()
-            e = xp.zeros(bp.shape, dtype=xp.float64)
-            if bp.shape[0] > 1:
-                b_up = bp[1:] >= bp[:-1]
-                b_dn = bp[1:] <= bp[:-1]
-                a_dn = ap[1:] <= ap[:-1]
-                a_up = ap[1:] >= ap[:-1]
-                e[1:] = (xp.where(b_up, bq[1:], 0.0) - xp.where(b_dn, bq[:-1], 0.0)
-                         - xp.where(a_dn, aq[1:], 0.0) + xp.where(a_up, aq[:-1], 0.0))
-            return e
+            return _e_rows(self.xp, bp, ap, bq, aq)
         return self.cached("e", make)
 
     def mid(self):
@@ -445,13 +468,17 @@ def build_bank(book_or_market, spec=None, xp=None, blocks=None) -> FeatureBank:
     T = market.T
     values = xpm.empty((len(entries), T), dtype=xpm.float32)
     ctx = _Ctx(market)
-    rows = []
     for k, (name, params) in enumerate(entries):
         fn = FEATURES[name][0]
         values[k] = fn(ctx, **params).astype(xpm.float32)
-        rows.append({"row": k, "name": name, "label": _label(name, params),
-                     "params": json.dumps(params, sort_keys=True), **params})
-    return FeatureBank(values=values, rows=rows)
+    return FeatureBank(values=values, rows=_rows(entries))
+
+
+def _rows(entries: list[tuple[str, dict]]) -> list[dict]:
+    """The bank's row table (one dict per normalised spec entry)."""
+    return [{"row": k, "name": name, "label": _label(name, params),
+             "params": json.dumps(params, sort_keys=True), **params}
+            for k, (name, params) in enumerate(entries)]
 
 
 def _table(rows: list[dict]):
