@@ -2,6 +2,7 @@
 
     python -m gpu_engine.bench [--device cpu|cuda|auto] [--configs C] [--ticks T] [--threads N]
                                [--repeat R] [--levels L] [--buckets B] [--seed S] [--chunk K]
+                               [--mix taker|maker] [--queue risk_averse|power|log]
                                [--json] [--no-progress]
 
 The book is generated in-process (`synthetic_book`: a random-walk mid on a 0.01 tick, a
@@ -9,7 +10,11 @@ The book is generated in-process (`synthetic_book`: a random-walk mid on a 0.01 
 signals persist over tens of ticks, 1-200 ms between updates). The configurations
 (`random_configs`) use the full rules: 20 ms latency, depth-walk fills, 10 bps fees, take
 profit / stop loss / max hold / signal exits, sizing with a quantity cap, cooldowns, both
-sides. Two rates are printed:
+sides. `--mix maker` (rules v2) gives the book a tape of trades at the touch (`synthetic_trades`)
+and makes every configuration a maker: passive entries 0-3 ticks behind the touch with a time
+in force of 0.1-30 s, a resting maker take profit on half of them, 2 bps maker and 5 bps taker
+fees, 20 ms cancel latency, on a 0.01 tick and a 0.001 lot with the `--queue` model (default
+power, n = 2). Two rates are printed:
 
 - kernel: the kernel alone (configurations already typed and on the device, book prepared),
   median of `--repeat` runs after a warm-up compile (`--chunk`: ticks per chunk of the CPU
@@ -41,7 +46,7 @@ from typing import Callable
 import numpy as np
 
 from gpu_engine.cli import Parser, run_main
-from gpu_engine.data.books.store import Book
+from gpu_engine.data.books.store import Book, Trades
 from gpu_engine.enums import CONFIG_FIELDS
 from gpu_engine.errors import InputError
 
@@ -75,6 +80,27 @@ def synthetic_book(T: int, L: int = 20, seed: int = 0) -> Book:
     ts = np.cumsum(rng.integers(1_000_000, 200_000_000, T)).astype(np.int64)
     return Book.from_arrays(ts, bid_px, ask_px, bid_sz, ask_sz,
                             attrs={"source": "gpu_engine.bench synthetic", "seed": seed})
+
+
+def synthetic_trades(book: Book, seed: int = 0) -> Trades:
+    """A tape for the maker mix: about one trade per book update, published in the interval
+    before that update (so it is assigned to it), at the level-0 price of the side it hits
+    (a seller-initiated trade at the bid, a buyer-initiated one at the ask), sometimes one tick
+    through it, sizes gamma-distributed around the level-0 sizes."""
+    rng = np.random.default_rng(seed + 7)
+    T = book.T
+    n = T - 1
+    keep = rng.random(n) < 0.9
+    at = np.arange(1, T)[keep]
+    side = np.where(rng.random(at.shape[0]) < 0.5, -1, 1).astype(np.int8)
+    through = rng.random(at.shape[0]) < 0.05
+    tick = 0.01
+    px = np.where(side < 0, book.bid_px[at - 1, 0] - through * tick, book.ask_px[at - 1, 0] + through * tick)
+    qty = rng.gamma(1.5, 0.6, at.shape[0])
+    gap = book.ts[at] - book.ts[at - 1]
+    ts = book.ts[at] - (rng.random(at.shape[0]) * (gap - 1)).astype(np.int64)
+    return Trades(ts=ts.astype(np.int64), px=np.round(px / tick) * tick, qty=np.round(qty, 3) + 0.001,
+                  side=side)
 
 
 def build_features(book: Book):
@@ -113,6 +139,31 @@ def random_configs(C: int, K: int, seed: int = 1) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=CONFIG_FIELDS[k][0]) for k, v in cfg.items()}
 
 
+MIXES = ("taker", "maker")
+# the maker mix's market (rules v2): the synthetic book's tick, a 0.001 lot
+MAKER_MARKET = {"tick_size": 0.01, "lot_size": 0.001}
+
+
+def maker_configs(C: int, K: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """C maker configurations: random_configs' signals, thresholds and exits with passive
+    entries 0-3 ticks behind the touch, time in force 0.1-30 s (a tenth until filled), a
+    resting maker take profit on half, maker 2 bps / taker 5 bps, 20 ms cancel latency."""
+    rng = np.random.default_rng(seed + 1000)
+    cfg = random_configs(C, K, seed)
+    tif = np.exp(rng.uniform(np.log(0.1e9), np.log(30e9), C))
+    tif[rng.random(C) < 0.1] = np.inf
+    cfg.update({
+        "entry_type": np.ones(C, np.int8),
+        "entry_offset": rng.integers(0, 4, C),
+        "entry_tif": tif,
+        "tp_type": (rng.random(C) < 0.5).astype(np.int8),
+        "maker_fee_bps": np.full(C, 2.0),
+        "fee_bps": np.full(C, 5.0),
+        "cancel_latency": np.full(C, 20_000_000, np.int64),
+    })
+    return {k: np.asarray(v, dtype=CONFIG_FIELDS[k][0]) for k, v in cfg.items()}
+
+
 def _signal_scale(bank: np.ndarray) -> np.ndarray:
     """Scale each bank row so |value| has its 99th percentile at 1 (thresholds then mean the
     same thing on every row); the kernel sees the scaled float32 values."""
@@ -127,7 +178,8 @@ def _signal_scale(bank: np.ndarray) -> np.ndarray:
 
 def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000, threads: int | None = None,
               repeat: int = 3, levels: int = 20, buckets: int = 16, seed: int = 0,
-              chunk: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+              chunk: int | None = None, progress: Callable[[str], None] | None = None,
+              mix: str = "taker", queue: str = "power") -> dict:
     """Measure one bench; `progress(stage)` (if given) is called as each stage starts."""
     import numba
 
@@ -141,17 +193,28 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
     backend = resolve(device)
     say(f"generating the synthetic book ({ticks:,} ticks x {levels:,} levels)")
     book = synthetic_book(ticks, levels, seed)
+    market = {}
+    if mix == "maker":
+        book.trades = synthetic_trades(book, seed)
+        market = dict(MAKER_MARKET, queue=queue)
 
     say("building the feature bank")
     t0 = time.perf_counter()
     values, features = build_features(book)
     bank = np.ascontiguousarray(_signal_scale(values), dtype=np.float32)
     t_features = time.perf_counter() - t0
-    cfg = random_configs(configs, bank.shape[0], seed + 1)
+    make = maker_configs if mix == "maker" else random_configs
+    cfg = make(configs, bank.shape[0], seed + 1)
     order = np.lexsort((cfg["regime"], cfg["signal"]))
     cfg_sorted = {k: np.ascontiguousarray(v[order]) for k, v in cfg.items()}
 
-    book_arrays = kernels.prepare_book(book, backend)
+    mkt = None
+    if market:
+        from gpu_engine.sweep import market_array
+
+        mkt = market_array(tick_size=market["tick_size"], lot_size=market["lot_size"],
+                           queue=market["queue"])
+    book_arrays = kernels.prepare_book(book, backend, market=mkt)
     dbank = backend.to_device(bank)
     warm = {k: v[:4] for k, v in cfg_sorted.items()}
     say("compiling the kernel (warm-up run on 4 configurations)")
@@ -172,7 +235,7 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
     t2 = time.perf_counter()
     values2, _ = build_features(book)
     bank2 = _signal_scale(values2)
-    ds = gpu_engine.sweep(book, bank2, cfg, device=device, buckets=buckets)
+    ds = gpu_engine.sweep(book, bank2, cfg, device=device, buckets=buckets, **market)
     t_e2e = time.perf_counter() - t2
 
     ct = float(configs) * float(ticks)
@@ -193,6 +256,10 @@ def run_bench(device: str = "cpu", configs: int = 16_384, ticks: int = 1_000_000
         "kernel_s": t_kernel,
         "end_to_end_s": t_e2e,
         "levels": levels,
+        "mix": mix,
+        "queue": queue if mix == "maker" else None,
+        "maker_fills_per_config": float(ds["maker_fills"].mean()),
+        "maker_fill_ratio": float(np.nanmean(ds["maker_fill_ratio"].values)) if mix == "maker" else None,
     }
 
 
@@ -232,6 +299,10 @@ def build_parser() -> Parser:
     ap.add_argument("--seed", type=_count(0), default=0, help="random seed, >= 0 (default 0)")
     ap.add_argument("--chunk", type=_count(1), default=None,
                     help="ticks per chunk of the CPU kernel (default: kernels.cpu.DEFAULT_CHUNK)")
+    ap.add_argument("--mix", choices=MIXES, default="taker",
+                    help="configuration mix: taker (rules v1, the default) or maker (rules v2)")
+    ap.add_argument("--queue", choices=("risk_averse", "power", "log"), default="power",
+                    help="queue model of the maker mix (default power, n = 2)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--no-progress", action="store_true", help="no stage lines on stderr")
     return ap
@@ -309,13 +380,16 @@ def format_report(r: dict) -> str:
     per_thread = r["kernel_cts"] / max(1, r["threads"])
     return "\n".join([
         f"device {r['device']}, {r['configs']:,} configs x {r['ticks']:,} ticks, "
-        f"{r['threads']} threads, L={r['levels']}",
+        f"{r['threads']} threads, L={r['levels']}, {r.get('mix', 'taker')} mix"
+        + (f" ({r['queue']} queue)" if r.get("queue") else ""),
         f"kernel      {r['kernel_cts']:.3e} config-ticks/s ({r['kernel_s']:.2f} s; "
         f"{per_thread:.3e} per thread)",
         f"end to end  {r['end_to_end_cts']:.3e} config-ticks/s ({r['end_to_end_s']:.2f} s, "
         f"features: {r['features']})",
         f"trades/config {r['trades_per_config']:.1f}, mean exposure {r['exposure']:.3f}, "
-        f"peak RSS {r['peak_rss_mb']:,.0f} MB",
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+        + (f"; maker fills/config {r['maker_fills_per_config']:.1f}, maker fill ratio "
+           f"{r['maker_fill_ratio']:.3f}" if r.get("mix") == "maker" else ""),
     ])
 
 
@@ -323,7 +397,7 @@ def _run(a: argparse.Namespace) -> int:
     check_args(a)
     progress = None if a.no_progress else _progress_printer()
     r = run_bench(a.device, a.configs, a.ticks, a.threads, a.repeat, a.levels, a.buckets, a.seed,
-                  a.chunk, progress=progress)
+                  a.chunk, progress=progress, mix=a.mix, queue=a.queue)
     if progress:
         progress("done")
     print(json.dumps(r) if a.json else format_report(r))

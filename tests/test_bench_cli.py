@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numba
+import numpy as np
 import pytest
 
 from gpu_engine import bench
@@ -128,6 +129,35 @@ def test_tiny_real_run_prints_report_and_progress(capsys):
     r = json.loads(out)
     assert r["configs"] == 8 and r["ticks"] == 500 and isinstance(r["threads"], int)
     assert r["kernel_cts"] > 0 and r["end_to_end_cts"] > 0
+
+
+def test_tiny_maker_mix_fills_maker_orders(capsys):
+    """The maker mix (rules v2): a tape of trades, passive entries; maker orders are posted and
+    some fill, and the report says so."""
+    code = bench.main(["--configs", "16", "--ticks", "2000", "--repeat", "1", "--mix", "maker",
+                       "--queue", "log", "--json", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    r = json.loads(out)
+    assert r["mix"] == "maker" and r["queue"] == "log"
+    assert r["maker_fills_per_config"] > 0
+    assert 0.0 < r["maker_fill_ratio"] <= 1.0
+    text = bench.format_report(r)
+    assert "maker mix (log queue)" in text and "maker fill ratio" in text
+
+
+def test_synthetic_trades_hit_the_touch_and_are_assigned_to_their_update():
+    book = bench.synthetic_book(3000, 5, seed=3)
+    tr = bench.synthetic_trades(book, seed=3)
+    assert len(tr) > 2000
+    assert (np.diff(tr.ts) >= 0).all()
+    tick_of = np.searchsorted(book.ts, tr.ts, side="left")
+    prev = tick_of - 1
+    assert (prev >= 0).all()
+    sell = tr.side < 0
+    np.testing.assert_allclose(tr.px[sell], book.bid_px[prev[sell], 0], atol=0.0100001)
+    np.testing.assert_allclose(tr.px[~sell], book.ask_px[prev[~sell], 0], atol=0.0100001)
+    assert (tr.qty > 0).all()
 
 
 def test_report_counts_are_integers():
