@@ -20,10 +20,15 @@ configurations.
 
 Parameter names are `enums.CONFIG_FIELDS` names except: `signal` and `regime`
 take bank feature *names* (resolved to rows with `window` for `signal`),
-`window` is the signal's window, and `max_hold_s` is the holding limit in
-seconds (`max_hold` in ns in the configuration). Costs (`fee_bps`, `latency`,
-`capital`) are not part of a space: they are fixed per run by CLI flags.
-TOML's `inf` disables an exit or filter where the field allows it.
+`window` is the signal's window, `max_hold_s` is the holding limit in
+seconds (`max_hold` in ns in the configuration) and `entry_tif_s` a maker
+entry's time in force in seconds (`entry_tif` in ns); `entry_type` and
+`tp_type` take "taker" or "maker" (rules v2, docs/RULES.md). Costs and market
+settings (`fee_bps`, `maker_fee_bps`, `latency`, `cancel_latency`, `capital`,
+the contract, the queue model) are not part of a space: they are fixed per
+run by CLI flags (sweeps/market_settings.py). TOML's `inf` disables an exit or
+filter where the field allows it, and `entry_tif_s = inf` keeps an order until
+it fills.
 
 Every problem raises `InputError` naming the file, line, key and value.
 """
@@ -40,11 +45,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from gpu_engine.errors import InputError
-from gpu_engine.enums import CONFIG_FIELDS
+from gpu_engine.enums import CONFIG_FIELDS, ORDER_TYPES
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "sweeps" / "spaces" / "default.toml"
 
-# name -> (kind, check, text): kind "str" names a bank feature; "int"/"float" numbers
+# name -> (kind, check, text): kind "str" names a bank feature or an order type; "int"/"float" numbers
 _POS = (lambda v: v > 0, "> 0")
 _NONNEG = (lambda v: v >= 0, ">= 0")
 PARAMS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
@@ -61,8 +66,19 @@ PARAMS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "size_frac": ("float", lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_qty": ("float", *_POS),
     "cooldown": ("int", lambda v: v >= 0 and math.isfinite(v), "an integer >= 0"),
+    # rules v2 (docs/RULES.md): maker entries and take profits
+    "entry_type": ("str", lambda v: v in ORDER_TYPES, "'taker' or 'maker'"),
+    "entry_offset": ("int", lambda v: v >= 0 and math.isfinite(v), "an integer >= 0 (ticks behind the touch)"),
+    "entry_tif_s": ("float", lambda v: v > 0, "> 0 seconds (inf = until filled)"),
+    "tp_type": ("str", lambda v: v in ORDER_TYPES, "'taker' or 'maker'"),
 }
-COST_FIELDS = ("fee_bps", "latency", "capital")
+# costs and run-wide settings: fixed per run by a flag of the sweep CLIs, never part of a space
+COST_FIELDS = {"fee_bps": "--fee-bps", "latency": "--latency-ms", "capital": "--capital",
+               "maker_fee_bps": "--maker-fee-bps", "cancel_latency": "--cancel-latency-ms",
+               "contract": "--contract", "multiplier": "--multiplier", "tick_size": "--tick-size",
+               "lot_size": "--lot-size", "queue": "--queue", "queue_n": "--queue-n"}
+# parameters whose values are names (a bank feature, an order type), not numbers
+CHOICE_PARAMS = ("entry_type", "tp_type")
 PARAM_KEYS = {"values", "value", "low", "high", "step", "dist", "choices", "points", "dense", "width"}
 DISTS = ("int", "float", "log", "categorical")
 REQUIRED = ("signal", "entry")
@@ -347,6 +363,11 @@ def to_configs(points: dict[str, np.ndarray], row_of: Callable[[str, int | None]
             continue
         if name == "max_hold_s":
             out["max_hold"] = np.asarray(arr, dtype=np.float64) * 1e9
+        elif name == "entry_tif_s":
+            out["entry_tif"] = np.asarray(arr, dtype=np.float64) * 1e9
+        elif name in CHOICE_PARAMS:
+            codes = {t: i for i, t in enumerate(ORDER_TYPES)}
+            out[name] = np.array([codes[str(v)] for v in np.asarray(arr).tolist()], dtype=CONFIG_FIELDS[name][0])
         else:
             out[name] = np.asarray(arr, dtype=CONFIG_FIELDS[name][0])
     return out
@@ -390,7 +411,8 @@ def parse(doc: dict, path: Path, text: str = "") -> Space:
         line = _line_of(text, name, ())
         if name in COST_FIELDS:
             raise InputError.at(path, line, f"params.{name}",
-                                f"unknown key: costs are fixed per run by the --{name.replace('_', '-')} flag")
+                                f"unknown key: costs and market settings are fixed per run by the "
+                                f"{COST_FIELDS[name]} flag")
         if name not in PARAMS:
             raise InputError.at(path, line, f"params.{name}",
                                 f"unknown parameter (known: {', '.join(PARAMS)})")
@@ -415,7 +437,7 @@ def _parse_param(name: str, spec: dict, path: Path, text: str) -> Param:
 
     def check_value(key, v):
         if dtype == "str":
-            if not isinstance(v, str) or not v:
+            if not isinstance(v, str) or not v or not ok(v):
                 raise err(key, f"value {v!r} must be {want}")
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -460,7 +482,8 @@ def _parse_param(name: str, spec: dict, path: Path, text: str) -> Param:
         return Param(name, "list", dtype, values=vals)
 
     if dtype == "str":
-        raise err("dist", f"{name} takes feature names: use `values = [...]`")
+        raise err("dist", f"{name} takes names ({'an order type' if name in CHOICE_PARAMS else 'feature names'}): "
+                  "use `values = [...]`")
     for k in ("low", "high"):
         if k not in spec:
             raise err(k, "missing (a range needs low, high and step; a distribution low, high and dist)")

@@ -342,6 +342,16 @@ def sweep(book, bank, configs, device: str = "auto", buckets: int = DEFAULT_BUCK
     inv[order] = np.arange(C)
     raw, bpnl, btr, bwin = raw[inv], bpnl[inv], btr[inv], bwin[inv]
     table_m = metrics.finish(raw, bpnl, cfg["capital"], T)
+    names = getattr(bank, "names", None) if table is not None else None
+    return results_dataset(table_m, bpnl, btr, bwin, cfg, mkt, backend, T, int(buckets), contract,
+                           queue, names, t0)
+
+
+def results_dataset(table_m, bpnl, btr, bwin, cfg, mkt, backend, T: int, buckets: int, contract: str,
+                    queue: str, names, t0: float):
+    """The result Dataset (module doc) from the finished metrics [C, M], the bucket arrays and
+    the configurations in the caller's order (shared by sweep and gpu_engine.stream)."""
+    C = int(table_m.shape[0])
 
     data_vars = {name: ("config", table_m[:, i]) for i, name in enumerate(METRICS)}
     data_vars["bucket_pnl"] = (("config", "bucket"), bpnl)
@@ -364,8 +374,7 @@ def sweep(book, bank, configs, device: str = "auto", buckets: int = DEFAULT_BUCK
     }
     if np.isfinite(mkt[M_TICK]):
         attrs["tick_size"] = float(mkt[M_TICK])
-    names = getattr(bank, "names", None)
-    if table is not None and names is not None:
+    if names is not None:
         attrs["bank_rows"] = [str(n) for n in names]
     import xarray as xr  # imported here, after the kernel: it costs ~1 s at startup
 

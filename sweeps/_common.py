@@ -1,5 +1,10 @@
 """Shared plumbing of the sweep CLIs: flags, data loading, costs, configuration arrays, exit codes.
 
+The costs of a run (`costs`, `run_costs`) hold the fees, latencies, capital and the contract
+and queue model (sweeps/market_settings.py: from the flags, else the store's attrs); they go
+into every fingerprint, the cube's attrs, each configuration (`configs_for`) and each launch
+(`evaluate`).
+
 Unusable input (a bad flag value, a missing data file, a bad space file) raises
 `InputError`; `run_cli` prints it as one line on stderr and returns 2, before
 anything is written.
@@ -19,6 +24,7 @@ from gpu_engine import validation
 from gpu_engine.cli import Parser, run_main  # noqa: F401  (Parser: used by the sweep CLIs)
 from gpu_engine.errors import InputError
 from gpu_engine.enums import DEFAULT_CAPITAL, DEFAULT_FEE_BPS, DEFAULT_LATENCY_NS, METRICS
+from sweeps import market_settings
 
 DEFAULT_BOOKS = "data/books/synth.zarr"
 DEFAULT_BLOCKS = "data/blocks.npy"
@@ -38,8 +44,9 @@ def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) ->
     g.add_argument("--blocks", default=None,
                    help=f"block dataset (default {DEFAULT_BLOCKS}, built when absent)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--fee-bps", type=float, default=DEFAULT_FEE_BPS,
-                   help="fee per fill in bps (default %(default)s: Binance spot taker)")
+    g.add_argument("--fee-bps", type=float, default=None,
+                   help="fee per taker fill in bps (default: by venue: Binance USD-M/COIN-M 5, spot 10, "
+                        f"else {DEFAULT_FEE_BPS:g}, Binance spot taker)")
     g.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_NS / 1e6,
                    help="order latency in ms (default %(default)s)")
     g.add_argument("--capital", type=float, default=DEFAULT_CAPITAL, help="starting equity (default %(default)s)")
@@ -49,6 +56,7 @@ def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) ->
     g.add_argument("--purge-frac", type=float, default=0.01,
                    help="gap between in- and out-of-sample, share of the span (default 0.01)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    market_settings.add_args(p)
     b = p.add_argument_group("the block history as a market (--data blocks)")
     b.add_argument("--bar", default=None, metavar="1d",
                    help="bar length: 1h, 1d or 1w (or N h/d/w; default 1d)")
@@ -106,7 +114,7 @@ def check_args(args) -> None:
             if getattr(args, attr, None) not in (None, False):
                 raise InputError(f"{flag}: only with --data blocks (or --data PATH.npy, a block dataset)")
 
-    if not (args.fee_bps >= 0 and np.isfinite(args.fee_bps)):
+    if args.fee_bps is not None and not (args.fee_bps >= 0 and np.isfinite(args.fee_bps)):
         bad("--fee-bps", args.fee_bps, "must be finite and >= 0")
     if not (args.latency_ms >= 0 and np.isfinite(args.latency_ms)):
         bad("--latency-ms", args.latency_ms, "must be finite and >= 0")
@@ -118,11 +126,18 @@ def check_args(args) -> None:
         bad("--is-frac", args.is_frac, "must be in (0, 1)")
     if not 0 <= args.purge_frac < 1 - args.is_frac:
         bad("--purge-frac", args.purge_frac, f"must be in [0, {1 - args.is_frac:g})")
+    market_settings.check_args(args)
 
 
-def costs(args) -> dict:
-    out = {"fee_bps": float(args.fee_bps), "latency_ns": int(round(args.latency_ms * 1e6)),
-           "capital": float(args.capital)}
+def costs(args, attrs: dict | None = None) -> dict:
+    """The run's costs and market settings (part of every fingerprint and of the cube's attrs):
+    fee_bps (taker), maker_fee_bps, fee_source, latency_ns, cancel_latency_ns, capital, contract
+    (sweeps/market_settings.py) and, for a bar market, its settings. `attrs`: the book's attrs
+    (default: read from the --data store when it exists)."""
+    if attrs is None and not is_blocks_data(args):
+        attrs = market_settings.store_attrs(args.data or DEFAULT_BOOKS)
+    out = {"latency_ns": int(round(args.latency_ms * 1e6)), "capital": float(args.capital),
+           **market_settings.costs(args, attrs)}
     if is_blocks_data(args):  # the bar market's settings: part of every fingerprint and of the cube's attrs
         from gpu_engine.data.blocks import market as bars_mod
 
@@ -131,6 +146,26 @@ def costs(args) -> dict:
                          "allow_modelled_prices": bool(args.allow_modelled_prices),
                          "from": args.bars_from, "to": args.bars_to}
     return out
+
+
+def run_costs(args, space: space_mod.Space, data: "Data | None" = None) -> dict | None:
+    """`costs` of the run, checked before any launch or output (sweeps/market_settings.py): the
+    contract as `gpu_engine.sweep` would refuse it, and a space with maker orders without a tick
+    size. From the store's attrs, read without loading it; None when there is no store yet (the
+    default one, generated by `load_data`): call again with the loaded `data` then."""
+    if data is not None:
+        attrs, where = dict(getattr(data.book, "attrs", None) or {}), f"the data {data.book_path}"
+    elif is_blocks_data(args):
+        attrs, where = {}, "the block history as bars"
+    else:
+        where = f"the store {args.data or DEFAULT_BOOKS}"
+        attrs = market_settings.store_attrs(args.data or DEFAULT_BOOKS)
+        if attrs is None:
+            return None
+    cost = costs(args, attrs)
+    market_settings.check_settings(cost)
+    market_settings.check_space(space, cost, where)
+    return cost
 
 
 def data_paths(args) -> tuple[Path, Path]:
@@ -330,18 +365,28 @@ def configs_for(space: space_mod.Space, points: dict[str, np.ndarray], data: Dat
     fields["fee_bps"] = np.full(n, cost["fee_bps"])
     fields["latency"] = np.full(n, cost["latency_ns"], np.int64)
     fields["capital"] = np.full(n, cost["capital"])
+    if "maker_fee_bps" in cost:
+        fields["maker_fee_bps"] = np.full(n, cost["maker_fee_bps"])
+    if "cancel_latency_ns" in cost:
+        fields["cancel_latency"] = np.full(n, cost["cancel_latency_ns"], np.int64)
     return fields
 
 
-def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """One launch of `gpu_engine.sweep` on the in-sample ("is") or out-of-sample ("oos") part.
+def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int,
+             cost: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One launch of `gpu_engine.sweep` on the in-sample ("is") or out-of-sample ("oos") part, with
+    the contract and queue model of `cost` (sweeps/market_settings.py; the engine's defaults without).
 
     Returns metrics [C, M] in `enums.METRICS` order and bucket PnL [C, B] (host arrays).
     """
     import gpu_engine
 
     book, bank = data.part(which)
-    ds = gpu_engine.sweep(book, bank, fields, device=device, buckets=buckets)
+    try:
+        ds = gpu_engine.sweep(book, bank, fields, device=device, buckets=buckets,
+                              **market_settings.sweep_kwargs(cost or {}))
+    except ValueError as exc:  # refused input the checks before the launch did not catch
+        raise InputError(f"{data.book_path}: {exc}") from None
     metrics = np.stack([np.asarray(ds[m].values, dtype=np.float64) for m in METRICS], axis=1)
     return metrics, np.asarray(ds["bucket_pnl"].values, dtype=np.float64)
 

@@ -10,6 +10,10 @@ that each region is a block of whole chunks; a template is written first
 `region_done`. Running the same command again after an interruption skips the
 finished regions, and the cube ends equal to an uninterrupted run's.
 
+The contract, queue model and fees come from the flags or the store's attrs as in
+sweeps.optimize (sweeps/market_settings.py): printed, part of the fingerprint and of the cube's
+`costs`, checked before anything is written.
+
 `--cluster local:N` or `--scheduler tcp://HOST:PORT` runs the regions as Dask tasks
 (sweeps/grid_dask.py): each task writes its own region, a task whose worker dies is run
 again elsewhere, and the cube equals a single-process run's.
@@ -37,7 +41,7 @@ from gpu_engine import kernels, outputs, results
 from gpu_engine import space as space_mod
 from gpu_engine.errors import InputError
 from gpu_engine.enums import METRICS
-from sweeps import _common
+from sweeps import _common, market_settings
 
 # Test hook: abort the process (like kill -9) after this many regions were written in this run.
 STOP_AFTER_ENV = "SWEEPS_GRID_STOP_AFTER"
@@ -140,15 +144,15 @@ def run(args) -> int:
     if not dims:
         raise InputError.at(space.path, None, "params", "nothing to sweep: every parameter has one value")
     out = Path(args.out)
-    cost = _common.costs(args)
     book_path, blocks_path = _common.data_paths(args)
+    cost = _common.run_costs(args, space)  # None: the default store is generated below
     inputs = _common.input_paths(args, space)
     _common.refuse_inputs(out, "--out", inputs)
     fp = None
     resume = False
     if out.exists() or out.is_symlink():
         old_fp = _grid_fingerprint_of(out)
-        if old_fp is not None and book_path.exists() and blocks_path.exists():
+        if old_fp is not None and cost is not None and book_path.exists() and blocks_path.exists():
             fp = fingerprint(space, book_path, blocks_path, cost, args)
             resume = old_fp == fp
         if not resume and not args.overwrite:
@@ -168,6 +172,10 @@ def run(args) -> int:
     if args.device != "cuda":
         kernels.preload_cpu()  # overlaps the data loading; a no-op when the kernel is not cached
     data = _common.load_data(args, space, log=log)
+    if cost is None:
+        cost = _common.run_costs(args, space, data)
+    for line in market_settings.describe(cost):
+        print(line)
     if fp is None:
         fp = fingerprint(space, data.book_path, data.blocks_path, cost, args)
     shape = tuple(len(axes[d]) for d in dims)
@@ -232,8 +240,8 @@ def evaluate_region(out: Path, k: int, reg, dims: list[str], axes: dict, space, 
     Returns the number of configurations. The same code runs in this process and in Dask workers."""
     fields = _common.configs_for(space, region_points(reg, dims, axes), data, cost)
     rshape = tuple(s.stop - s.start for s in reg)
-    m_is, b_is = _common.evaluate(data, "is", fields, args.device, args.buckets)
-    m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets)
+    m_is, b_is = _common.evaluate(data, "is", fields, args.device, args.buckets, cost)
+    m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets, cost)
     part = {}
     for i, m in enumerate(METRICS):
         part[m] = (dims, m_is[:, i].reshape(rshape))

@@ -77,7 +77,8 @@ def _context(job: dict):
         axes = space.grid_axes()
         dims = [n for n, v in axes.items() if len(v) > 1]
         data = _common.load_data(args, space, log=lambda *x: None)
-        ctx = (Path(args.out), dims, axes, space, data, _common.costs(args), args)
+        cost = _common.run_costs(args, space) or _common.run_costs(args, space, data)  # as the main process
+        ctx = (Path(args.out), dims, axes, space, data, cost, args)
         _WORKER_DATA[key] = ctx
     return ctx
 

@@ -12,6 +12,15 @@ ratio use the in-sample per-bucket PnL of every configuration tried
 win-rate target OUT OF SAMPLE (win rate in [lo, hi], Wilson lower bound > 0.5,
 at least --min-trades trades) with positive expectancy after costs.
 
+The header names the contract, the queue model and the fee schedule the run used
+(sweeps/market_settings.py). When the run posted maker orders (rules v2), each row
+also shows its maker fill ratio (filled / posted quantity) beside the win rate, with
+a Wilson interval over the orders posted and their number, and a maker block lists
+the order flow of the listed rows (orders posted, rejected, cancels, maker and taker
+fills, mean queue wait, fees by maker and taker); a fill ratio below
+`market_settings.LOW_FILL_RATIO` is called out in plain words, also in the verdict.
+A cube of an older engine without the v2 metrics is still reported, without them.
+
 The slow steps on a big cube (reading it, PBO over 12870 CSCV splits of up to
 20000 distinct series: about a minute on 2 CPU cores) are announced on stderr
 with their elapsed time (`--no-progress` to silence). A path that is not a
@@ -123,6 +132,38 @@ def _fmt(v, spec=".3g") -> str:
     if v == int(v) and abs(v) < 1e9:
         return str(int(v))  # counts and integral values: `1000`, never `1e+03` or `1000.0`
     return format(v, spec)
+
+
+def has_maker(m: dict) -> bool:
+    """Whether the run posted maker orders (in or out of sample): the cube has the v2 order-flow
+    metrics and some configuration posted at least one order."""
+    return any(np.nansum(np.asarray(m[k], dtype=np.float64)) > 0
+               for k in ("orders_posted", "oos_orders_posted") if k in m)
+
+
+def fill_ratio_ci(m: dict, i, prefix: str = "") -> tuple[float, float, float, int]:
+    """(fill ratio, Wilson 95% low, high, orders posted) of configuration i. The ratio is filled /
+    posted quantity; the interval counts each posted order as one trial whose outcome is its filled
+    share (n = orders posted): a share in [0, 1] with mean p has variance at most p(1 - p), so the
+    binomial interval is the wider one."""
+    from gpu_engine.metrics import wilson
+
+    n = int(np.nan_to_num(m[f"{prefix}orders_posted"][i]))
+    r = float(m[f"{prefix}maker_fill_ratio"][i])
+    if n <= 0 or not np.isfinite(r):
+        return float("nan"), float("nan"), float("nan"), n
+    lo, hi = wilson(np.array([r * n]), np.array([n]))
+    return r, float(lo[0]), float(hi[0]), n
+
+
+def _fr(m, i, prefix="") -> str:
+    """A maker fill ratio cell, like a win rate: ratio [95% interval] n=orders posted."""
+    if f"{prefix}maker_fill_ratio" not in m:
+        return "-"
+    r, lo, hi, n = fill_ratio_ci(m, i, prefix)
+    if n <= 0:
+        return "no orders"
+    return f"{r:.3f} [{lo:.3f},{hi:.3f}] n={n}"
 
 
 def _wr(m, i, prefix="") -> str:
@@ -252,29 +293,38 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
     has_oos = m.get("oos_evaluated", np.isfinite(m.get("oos_trades", np.full(n, np.nan)))).astype(bool)
     order = [i for i in rank(m, by) if has_oos[i]][:top]
     costs = attrs.get("costs", {})
+    maker = has_maker(m)
     lines = [
         f"cube: kind={attrs.get('kind')} space={attrs.get('space_name')} configurations={n} "
         f"device={attrs.get('device')} engine={attrs.get('engine_version')}",
-        f"costs: fee {costs.get('fee_bps')} bps per fill, latency {costs.get('latency_ns', 0) / 1e6:g} ms, "
+        f"costs: fee {costs.get('fee_bps')} bps per {'taker ' if 'maker_fee_bps' in costs else ''}fill"
+        + (f", maker {costs['maker_fee_bps']} bps" if "maker_fee_bps" in costs else "")
+        + f", latency {costs.get('latency_ns', 0) / 1e6:g} ms, "
         f"capital {costs.get('capital')}; thresholds in {attrs.get('thresholds', 'raw')} units; "
         f"split {attrs.get('split', {}).get('is_ticks')} in-sample / {attrs.get('split', {}).get('oos_ticks')} "
         f"out-of-sample ticks",
+        *contract_lines(attrs),
         *market_lines(attrs),
         *data_set_lines(attrs),
         f"target: win rate in [{lo}, {hi}], Wilson lower bound > 0.5, trades >= {min_trades}, expectancy > 0",
         f"top {len(order)} by in-sample {by} (of {int(has_oos.sum())} with out-of-sample figures):",
     ]
     swept = [p for p, v in params.items() if len(np.unique(v.astype(str))) > 1]
-    head = ["#"] + swept + ["IS win rate [95% CI] n", "IS exp", "IS sharpe", "IS maxDD",
-                            "OOS win rate [95% CI] n", "OOS exp", "OOS sharpe", "OOS maxDD"]
+    fr_is = ["IS fill ratio [95% CI] n"] if maker else []
+    fr_oos = ["OOS fill ratio [95% CI] n"] if maker else []
+    head = (["#"] + swept + ["IS win rate [95% CI] n", *fr_is, "IS exp", "IS sharpe", "IS maxDD",
+                             "OOS win rate [95% CI] n", *fr_oos, "OOS exp", "OOS sharpe", "OOS maxDD"])
     rows = [head]
     for r, i in enumerate(order, 1):
         rows.append([str(r)] + [_fmt(params[p][i]) for p in swept] + [
-            _wr(m, i), _fmt(m["expectancy"][i]), _fmt(m["sharpe"][i]), _fmt(m["max_drawdown"][i]),
-            _wr(m, i, "oos_"), _fmt(m["oos_expectancy"][i]), _fmt(m["oos_sharpe"][i]),
-            _fmt(m["oos_max_drawdown"][i])])
+            _wr(m, i), *([_fr(m, i)] if maker else []), _fmt(m["expectancy"][i]), _fmt(m["sharpe"][i]),
+            _fmt(m["max_drawdown"][i]),
+            _wr(m, i, "oos_"), *([_fr(m, i, "oos_")] if maker else []), _fmt(m["oos_expectancy"][i]),
+            _fmt(m["oos_sharpe"][i]), _fmt(m["oos_max_drawdown"][i])])
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    if maker:
+        lines += maker_block(m, order, has_oos)
 
     st = search_stats(ds, stage) if stats is None else stats
     if "pbo" in st:
@@ -292,6 +342,56 @@ def _report(ds, top, by, target, min_trades, stage, stats=None) -> str:
     lines += stats_lines(st)
     lines.append(verdict(m, has_oos, lo, hi, min_trades) + evidence(st))
     return "\n".join(lines)
+
+
+# (column head, metric, format) of the maker block
+MAKER_COLUMNS = (("posted", "orders_posted", "d"), ("rejected", "orders_rejected", "d"),
+                 ("cancels", "cancels", "d"), ("maker fills", "maker_fills", "d"),
+                 ("taker fills", "taker_fills", "d"), ("queue wait s", "mean_queue_wait_s", ".3g"),
+                 ("fees maker", "fees_maker", ".4g"), ("fees taker", "fees_taker", ".4g"))
+
+
+def maker_block(m: dict, order, has_oos) -> list[str]:
+    """The order flow of the listed configurations (a run with maker orders), in and out of sample,
+    and a plain warning when their maker fill ratio is low."""
+    from sweeps.market_settings import LOW_FILL_RATIO
+
+    head = ["#", "part", "fill ratio [95% CI] n"] + [h for h, _, _ in MAKER_COLUMNS]
+    rows = [head]
+    low = []
+    for r, i in enumerate(order, 1):
+        for part, prefix in (("IS", ""), ("OOS", "oos_")):
+            if prefix and not has_oos[i]:
+                continue
+            cells = [str(r), part, _fr(m, i, prefix)]
+            for _, key, spec in MAKER_COLUMNS:
+                v = m.get(prefix + key)
+                cells.append("-" if v is None else _fmt(v[i], ".4g" if spec == "d" else spec))
+            rows.append(cells)
+            ratio, _, _, n = fill_ratio_ci(m, i, prefix) if prefix + "maker_fill_ratio" in m else (np.nan, 0, 0, 0)
+            if n > 0 and ratio < LOW_FILL_RATIO:
+                low.append(f"#{r} {part} {ratio:.3f} of {n} orders")
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    out = ["maker orders of the listed configurations (fill ratio = filled / posted quantity, n = orders "
+           "posted; fees in the settlement currency):"]
+    out += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    if low:
+        out.append(f"LOW MAKER FILL RATIO (< {LOW_FILL_RATIO:g}): {', '.join(low)}. These configurations fill "
+                   "little of what they post, so their win rates describe the few orders that filled, not the "
+                   "signal: a passive strategy that wins most of the few trades it gets filled on is not a "
+                   "strategy.")
+    return out
+
+
+def contract_lines(attrs: dict) -> list[str]:
+    """The contract, the queue model and where the fees came from (sweeps/market_settings.py)."""
+    from sweeps import market_settings
+
+    costs = attrs.get("costs") or {}
+    try:
+        return market_settings.describe(costs)
+    except Exception:  # an older or foreign costs record: nothing to add
+        return []
 
 
 def market_lines(attrs: dict) -> list[str]:
@@ -530,9 +630,18 @@ def verdict(m: dict, has_oos: np.ndarray, lo: float, hi: float, min_trades: int)
     n_oos = int(has_oos.sum())
     if ok.any():
         i = int(np.flatnonzero(ok)[np.argmax(np.nan_to_num(m["oos_expectancy"][ok], nan=-np.inf))])
-        return (f"VERDICT: YES - {int(ok.sum())} of {n_oos} configurations tested out of sample meet the target "
+        text = (f"VERDICT: YES - {int(ok.sum())} of {n_oos} configurations tested out of sample meet the target "
                 f"with positive expectancy after costs (e.g. win rate {_wr(m, i, 'oos_')}, expectancy "
                 f"{m['oos_expectancy'][i]:.4g}); check PBO and DSR above before trusting it.")
+        if "oos_maker_fill_ratio" in m and "oos_orders_posted" in m:
+            from sweeps.market_settings import LOW_FILL_RATIO
+
+            r, lo_r, hi_r, n_posted = fill_ratio_ci(m, i, "oos_")
+            if n_posted > 0:
+                text += f" Its maker fill ratio: {_fr(m, i, 'oos_')}"
+                text += (f" - LOW: it fills less than {LOW_FILL_RATIO:g} of what it posts; the win rate is that of "
+                         "the few fills." if r < LOW_FILL_RATIO else ".")
+        return text
     return (f"VERDICT: NO - none of the {n_oos} configurations tested out of sample reaches a win rate in "
             f"[{lo}, {hi}] with Wilson lower bound > 0.5, >= {min_trades} trades and positive expectancy "
             f"after costs.")
@@ -608,6 +717,10 @@ def build_parser():
 
 
 REQUIRED = tuple(METRICS) + tuple(f"oos_{m}" for m in METRICS) + ("bucket_pnl",)
+# the rules v2 order-flow metrics (maker_fills ... fees_taker): a cube of an older engine lacks them;
+# the text report then shows no maker block
+V2_METRICS = tuple(METRICS[METRICS.index("maker_fills"):])
+REPORT_REQUIRED = tuple(v for v in REQUIRED if v not in V2_METRICS and v.removeprefix("oos_") not in V2_METRICS)
 
 
 def open_checked(path: str | Path, require: bool = True) -> xr.Dataset:
@@ -626,7 +739,7 @@ def open_checked(path: str | Path, require: bool = True) -> xr.Dataset:
         ds = xr.open_zarr(path)
     except Exception as exc:
         raise InputError(f"{path}: not a readable cube ({_first_line(exc)})") from None
-    missing = [v for v in REQUIRED if v not in ds.variables] if require else []
+    missing = [v for v in REPORT_REQUIRED if v not in ds.variables] if require else []
     if missing:
         raise InputError(f"{path}: corrupt cube: variable {missing[0]!r} is missing")
     if not ds.attrs.get("complete", True):

@@ -50,6 +50,12 @@ synthetic books are generated when absent), then prints the report of
   then by in-sample objective) are re-evaluated out of sample, the cube is
   written (temporary sibling + rename) and the report printed.
 - Optuna's own time (ask with the suggestions, and tell) is measured per batch.
+- The contract (`--contract`, `--multiplier`, `--tick-size`, `--lot-size`; default the store's
+  attrs), the queue model (`--queue`, `--queue-n`), the fees (`--fee-bps`, `--maker-fee-bps`;
+  default by the store's venue) and `--cancel-latency-ms` are resolved before any work
+  (sweeps/market_settings.py), printed, part of the fingerprint and the cube's `costs`.
+  `--space maker` (sweeps/spaces/maker.toml) searches passive entries; a space with maker
+  orders on a store without a tick size is refused before anything is written.
 - `--data blocks` (or a block dataset .npy) searches the block history as a bar market
   (docs/POWERLAW.md): the report adds the market line and walk-forward over years. A space
   using a causally fitted long-horizon feature (`sweeps/spaces/powerlaw.toml`) is searched a
@@ -72,7 +78,7 @@ from gpu_engine import kernels, outputs, results
 from gpu_engine import space as space_mod
 from gpu_engine.errors import InputError
 from gpu_engine.enums import METRIC_INDEX, METRICS
-from sweeps import _common
+from sweeps import _common, market_settings
 
 SAMPLERS = ("tpe", "cmaes", "nsga2", "qmc", "random")
 OBJECTIVES = ("sharpe", "expectancy", "net_pnl")
@@ -399,6 +405,8 @@ def fingerprint_fields(space, book_path: Path, cost: dict, args) -> dict:
     return {"space_sha256": hashlib.sha256(space.text.encode()).hexdigest(),
             "data_sha256": results.sha256_path(book_path), "data_path": str(book_path),
             "fee_bps": cost["fee_bps"], "latency_ns": cost["latency_ns"], "capital": cost["capital"],
+            "maker_fee_bps": cost.get("maker_fee_bps"), "cancel_latency_ns": cost.get("cancel_latency_ns"),
+            "contract": {k: v for k, v in (cost.get("contract") or {}).items() if k != "source"},
             "buckets": args.buckets, "is_frac": args.is_frac, "purge_frac": args.purge_frac,
             "objective": args.objective, "target_win_rate": [float(v) for v in args.target_win_rate],
             "min_trades": args.min_trades, **({"market": cost["market"]} if "market" in cost else {})}
@@ -417,6 +425,9 @@ def fingerprint(space, book_path: Path, cost: dict, args, data_sha256: str | Non
 
 FIELD_TEXT = {"space_sha256": "space file contents", "data_sha256": "data (book store contents)",
               "fee_bps": "--fee-bps", "latency_ns": "--latency-ms (ns)", "capital": "--capital",
+              "maker_fee_bps": "--maker-fee-bps", "cancel_latency_ns": "--cancel-latency-ms (ns)",
+              "contract": "the contract and queue model (--contract, --multiplier, --tick-size, --lot-size, --queue, "
+                          "--queue-n)",
               "buckets": "--buckets", "is_frac": "--is-frac", "purge_frac": "--purge-frac",
               "objective": "--objective", "target_win_rate": "--target-win-rate", "min_trades": "--min-trades",
               "market": "the bar market (--bar, --spread-bps, --liquidity, --allow-modelled-prices, --from, --to)"}
@@ -507,7 +518,7 @@ def evaluate_trials(chosen: list[dict], numbers: list[int], space, data, cost, a
     pts = [space.expand(c) for c in chosen]
     points = {p: np.concatenate([x[p] for x in pts]) for p in space.params}
     fields = _common.configs_for(space, points, data, cost)
-    m, bpnl = _common.evaluate(data, "is", fields, args.device, args.buckets)
+    m, bpnl = _common.evaluate(data, "is", fields, args.device, args.buckets, cost)
     obj = objective_values(m, args.objective, cost["capital"]).reshape(k, nb)
     cons = constraint_values(m, lo, hi, args.min_trades).reshape(k, nb, len(CONSTRAINTS))
     rec = {"trial": np.array(numbers, dtype=np.int64), "value": np.median(obj, axis=1),
@@ -622,8 +633,8 @@ def _run(args, space, print_report: bool = True, companion: str | None = None):
     t_start = time.perf_counter()
     if args.device != "cuda":
         kernels.preload_cpu()  # overlaps the data loading; a no-op when the kernel is not cached
-    cost = _common.costs(args)
     book_path, _ = _common.data_paths(args)
+    cost = _common.run_costs(args, space)  # None: the default store is generated below
     name = study_name(args, space, book_path)
     out = Path(args.out) if args.out else Path("results") / f"{name}.zarr"
     parts = out.with_name(out.name + ".parts")
@@ -632,7 +643,7 @@ def _run(args, space, print_report: bool = True, companion: str | None = None):
     _common.refuse_inputs(parts, "--out", inputs)
 
     # What the study depends on (the data hash is known before loading when the store exists).
-    fields = fingerprint_fields(space, book_path, cost, args) if book_path.exists() else None
+    fields = fingerprint_fields(space, book_path, cost, args) if cost is not None and book_path.exists() else None
     fp = fingerprint(space, book_path, cost, args, fields["data_sha256"]) if fields else None
     storage_desc = describe_storage(args.storage)
     stamp_attrs = {"study": name, "storage": storage_desc, "fingerprint": fp}
@@ -662,6 +673,10 @@ def _run(args, space, print_report: bool = True, companion: str | None = None):
         check_journal_path(args.storage)
     log = print
     data = _common.load_data(args, space, log=log)
+    if cost is None:  # the default store was generated just now
+        cost = _common.run_costs(args, space, data)
+    for line in market_settings.describe(cost):
+        log(line)
     if not _is_rdb(args.storage or DEFAULT_STORAGE):
         storage, storage_desc = make_storage(args.storage)
     if persist is None:  # a journal, or the default data was generated just now
@@ -893,7 +908,7 @@ def reevaluate_oos(ds: xr.Dataset, space, data, cost, args) -> xr.Dataset:
             arr = np.broadcast_to(arr[:, None], shape)
         points[p] = arr.reshape(-1)[order]
     fields = _common.configs_for(space, points, data, cost)
-    m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets)
+    m_oos, _ = _common.evaluate(data, "oos", fields, args.device, args.buckets, cost)
     for i, name in enumerate(METRICS):
         flat = ds[f"oos_{name}"].values.reshape(-1).copy()
         flat[order] = m_oos[:, i]

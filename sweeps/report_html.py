@@ -12,7 +12,9 @@ instead of failing (a cube without out-of-sample variables, without `bucket_pnl`
 schema, data that moved or changed):
 
 1. verdict: the same words as the text report (`sweeps.inspect.verdict`);
-2. top configurations, in- and out-of-sample side by side (ranking of `sweeps.inspect`);
+2. top configurations, in- and out-of-sample side by side (ranking of `sweeps.inspect`), with the
+   maker fill ratio beside the win rate when the run posted maker orders, and then the maker
+   orders of those configurations (`sweeps.inspect.maker_block`, its low fill ratio warning);
 3. heatmap (`data-chart="heatmap"`) of a chosen metric over any two of the first MAX_HEAT_PARAMS
    swept parameters, each other parameter either on "any" (the cell aggregates over all its
    values: median, or max with 'agg') or fixed at one of its values / bins; a plain inline script
@@ -35,7 +37,8 @@ schema, data that moved or changed):
    plain-Python oracle (gpu_engine/oracle.py) on the cube's own data: equity marked to market at
    every tick, drawn at <= CURVE_POINTS points per curve; only when the data files are where
    the cube says and their sha256 matches;
-8. cost model and provenance (cube attrs), the space file.
+8. cost model (fees and where they came from, the contract, the queue model) and provenance
+   (cube attrs), the space file.
 
 Charts are aggregated before plotting (never one point per configuration); the heatmap's data
 is capped by its byte budget, so the page of a cube of 1e6 configurations is about 16 MB (plotly.js
@@ -304,10 +307,25 @@ def _wr_cell(m, i, prefix="") -> str:
     return f"{m[prefix + 'win_rate'][i]:.3f}{ci}"
 
 
+def _fr_cell(m, i, prefix="") -> str:
+    """The maker fill ratio beside the win rate: ratio [Wilson 95%] n=orders posted."""
+    from sweeps import inspect
+
+    if f"{prefix}maker_fill_ratio" not in m or f"{prefix}orders_posted" not in m:
+        return "-"
+    r, lo, hi, n = inspect.fill_ratio_ci(m, i, prefix)
+    return "no orders" if n <= 0 else f"{r:.3f} [{lo:.3f}, {hi:.3f}] n={n}"
+
+
 def _top_table(c: _Ctx) -> str:
+    from sweeps import inspect
+
     m = c.m
-    cols = [("trades", "trades"), ("win rate [95% Wilson]", None), ("expectancy", "expectancy"),
-            ("Sharpe", "sharpe"), ("max DD", "max_drawdown")]
+    maker = inspect.has_maker(m)
+    cols = [("trades", "trades"), ("win rate [95% Wilson]", None)]
+    if maker:
+        cols.append(("maker fill ratio [95% Wilson] n", "!fill"))
+    cols += [("expectancy", "expectancy"), ("Sharpe", "sharpe"), ("max DD", "max_drawdown")]
     head = ["#"] + c.swept + [f"IS {n}" for n, _ in cols] + ([f"OOS {n}" for n, _ in cols] if c.has_oos_vars else [])
     rows = []
     for r, i in enumerate(c.order, 1):
@@ -316,6 +334,8 @@ def _top_table(c: _Ctx) -> str:
             for _, key in cols:
                 if key is None:
                     row.append(_wr_cell(m, i, prefix))
+                elif key == "!fill":
+                    row.append(_fr_cell(m, i, prefix))
                 else:
                     v = m.get(prefix + key)
                     row.append("-" if v is None else _fmt(v[i]))
@@ -325,9 +345,37 @@ def _top_table(c: _Ctx) -> str:
         notes.append(f"of the {int(c.has_oos.sum())} configurations with out-of-sample figures")
     out = _note(" ".join(notes) + f" ({c.n} configurations in the cube). Drawdown and expectancy in account "
                                   "currency; Sharpe per bucket, not annualised.")
+    if maker:
+        out += _note("Maker fill ratio = filled / posted quantity of maker orders, n = orders posted (interval: "
+                     "Wilson 95%, each posted order one trial). A win rate over few fills says little.")
     if not c.has_oos_vars:
         out += _note("Out-of-sample columns: not available, the cube has no oos_* variables.", "warn")
     return out + _table(head, rows, "top")
+
+
+def _maker(c: _Ctx) -> str:
+    """The order flow of the top configurations (a run with maker orders), and the low fill ratio
+    warning of the text report (`sweeps.inspect.maker_block`)."""
+    from sweeps import inspect
+
+    has_oos = c.has_oos if c.has_oos_vars else np.zeros(c.n, bool)
+    rows = []
+    for r, i in enumerate(c.order, 1):
+        for part, prefix in (("IS", ""), ("OOS", "oos_")):
+            if prefix and not has_oos[i]:
+                continue
+            row = [str(r), part, _fr_cell(c.m, i, prefix)]
+            for _, key, spec in inspect.MAKER_COLUMNS:
+                v = c.m.get(prefix + key)
+                row.append("-" if v is None else _fmt(v[i], ".4g" if spec == "d" else spec))
+            rows.append(row)
+    heads = ["#", "part", "fill ratio [95% Wilson] n"] + [h for h, _, _ in inspect.MAKER_COLUMNS]
+    text = inspect.maker_block(c.m, c.order, has_oos)
+    out = _note(text[0]) + _table(heads, rows, "maker")
+    low = [line for line in text if line.startswith("LOW MAKER FILL RATIO")]
+    if low:
+        out += f'<p class="warn" id="low-fill">{_e(low[0])}</p>'
+    return out
 
 
 # ---------------- heatmaps (sweeps/report_html_heatmap.py)
@@ -554,9 +602,13 @@ def _equity(c: _Ctx, stage) -> str:
         scale = np.sqrt(np.where(fin, (ins - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(n - 1, 1))
     ts_split = validation.TimeSplit(isl, osl, int(split.get("boundary_ns", 0)), int(split.get("oos_start_ns", 0)))
     data = _common.Data(book_path, blocks_path, book, bank, ts_split, None, None, None, None, scale, "cpu")
-    cost = a.get("costs") or {}
-    cost = {"fee_bps": float(cost.get("fee_bps", 10.0)), "latency_ns": int(cost.get("latency_ns", 20_000_000)),
-            "capital": float(cost.get("capital", 10_000.0))}
+    recorded = a.get("costs") or {}
+    cost = {"fee_bps": float(recorded.get("fee_bps", 10.0)), "latency_ns": int(recorded.get("latency_ns", 20_000_000)),
+            "capital": float(recorded.get("capital", 10_000.0))}
+    for key in ("maker_fee_bps", "cancel_latency_ns", "contract"):  # rules v2 settings, when recorded
+        if key in recorded:
+            cost[key] = recorded[key]
+    from sweeps import market_settings
     chosen = c.order[:k]
     points = {p: np.asarray([c.params[p][i] for i in chosen]) for p in space.params if p in c.params}
     missing = [p for p in space.params if p not in points]
@@ -575,7 +627,8 @@ def _equity(c: _Ctx, stage) -> str:
                 continue
             stage(f"equity curves: oracle, configuration {r + 1}/{k} {part}")
             sub = validation.slice_book(book, sl)
-            res = oracle.run(sub, vals_all[cfg["signal"], sl], vals_all[cfg["regime"], sl], cfg, buckets)
+            res = oracle.run(sub, vals_all[cfg["signal"], sl], vals_all[cfg["regime"], sl], cfg, buckets,
+                             **market_settings.oracle_kwargs(cost))
             marks = np.asarray(res.marks, dtype=np.float64)
             step = max(1, int(math.ceil(marks.size / CURVE_POINTS)))
             idx = np.unique(np.r_[np.arange(0, marks.size, step), marks.size - 1])
@@ -605,9 +658,17 @@ def _provenance(c: _Ctx) -> str:
     costs = a.get("costs") or {}
     rows = []
     if costs:
-        rows += [["fee", f"{costs.get('fee_bps')} bps per fill"],
+        rows += [["fee", f"{costs.get('fee_bps')} bps per {'taker ' if 'maker_fee_bps' in costs else ''}fill"],
                  ["latency", f"{(costs.get('latency_ns') or 0) / 1e6:g} ms"],
                  ["capital", str(costs.get("capital"))]]
+        if "maker_fee_bps" in costs:
+            rows += [["maker fee", f"{costs['maker_fee_bps']} bps per maker fill (negative: rebate)"],
+                     ["fee schedule", str(costs.get("fee_source"))],
+                     ["cancel latency", f"{(costs.get('cancel_latency_ns') or 0) / 1e6:g} ms"]]
+        from sweeps import inspect
+
+        rows += [["contract" if k == 0 else "", line] for k, line in enumerate(
+            ln for ln in inspect.contract_lines(a) if ln.startswith("contract:"))]
     else:
         rows.append(["cost model", "not recorded in this cube"])
     out = "<h3>Cost model</h3>" + _table(["", ""], rows, "kv")
@@ -677,6 +738,8 @@ def build(ds: xr.Dataset, *, top: int = 20, by: str | None = None, target=None, 
 
     section("Verdict", "verdict-section", lambda: _verdict(c))
     section("Top configurations", "top", lambda: f'<div class="scroll">{_top_table(c)}</div>')
+    if any(k in c.m for k in ("orders_posted", "oos_orders_posted")) and inspect.has_maker(c.m):
+        section("Maker orders of the top configurations", "maker", lambda: f'<div class="scroll">{_maker(c)}</div>')
     section("Heatmaps", "heatmaps", lambda: _heatmap(c, stage))
     section("Probability of backtest overfitting (CSCV)", "pbo", lambda: _pbo(c, stage))
     section("Deflated Sharpe", "dsr", lambda: _dsr(c, stage))
@@ -690,8 +753,12 @@ def build(ds: xr.Dataset, *, top: int = 20, by: str | None = None, target=None, 
                          + (f" and {len(c.missing) - 12} more" if len(c.missing) > 12 else "")
                          + "; the sections below say what they cannot show.", "warn")
     costs = c.attrs.get("costs") or {}
+    contract = costs.get("contract") or {}
     head_line = (f"{c.n} configurations, {len(c.swept)} swept parameters ({', '.join(c.swept)}); "
-                 f"space {c.attrs.get('space_name')}; costs: fee {costs.get('fee_bps')} bps per fill, latency "
+                 f"space {c.attrs.get('space_name')}; "
+                 + (f"contract {contract.get('contract')} x {contract.get('multiplier'):g}; " if contract else "")
+                 + f"costs: fee {costs.get('fee_bps')} bps per fill"
+                 + (f" (maker {costs['maker_fee_bps']} bps)" if "maker_fee_bps" in costs else "") + ", latency "
                  f"{(costs.get('latency_ns') or 0) / 1e6:g} ms, capital {costs.get('capital')}; created "
                  f"{c.attrs.get('created_utc')}; engine {c.attrs.get('engine_version')}.")
     js = plotly.offline.get_plotlyjs()

@@ -10,7 +10,8 @@ browser by a plain script (`HEAT_JS`, no server, no library but plotly):
   two bins; each bin is labelled by the range of the values it holds, "[lo, hi]"), plus one cell
   per non-finite value (inf, -inf, NaN "-"); other parameters (strings) keep up to
   MAX_CATEGORIES values (beyond: the commonest, then "(other)");
-- per metric offered, per embedded configuration, its value (float32, base64; NaN = undefined);
+- per metric offered (HEAT_METRICS, and `maker_fill_ratio` when the run posted maker orders), per
+  embedded configuration, its value (float32, base64; NaN = undefined);
 - the embedded configurations are all of them when they fit HEAT_MAX_BYTES (and HEAT_MAX_ROWS);
   beyond that the top HEAT_TOP_ROWS by the page's ranking (`inspect.rank`: configurations that
   trade first, then the in-sample objective) followed by a seeded random sample (seed 0) of the
@@ -254,10 +255,13 @@ def section(c, stage, fmt, note, fig_html, esc, script_json, Missing) -> str:
     if len(axes) < 2:
         raise Missing(f"a heatmap needs two swept parameters; this cube sweeps {len(swept)} "
                       f"({', '.join(swept) or 'none'})")
-    metrics = [k for k in HEAT_METRICS if k in c.m]
+    from sweeps import inspect
+
+    names = HEAT_METRICS + (("maker_fill_ratio",) if inspect.has_maker(c.m) else ())  # a run with maker orders
+    metrics = [k for k in names if k in c.m]
     oos_share = float(c.has_oos.mean()) if c.n else 0.0
     if c.has_oos_vars and oos_share >= 0.5:
-        metrics += [f"oos_{k}" for k in HEAT_METRICS if f"oos_{k}" in c.m]
+        metrics += [f"oos_{k}" for k in names if f"oos_{k}" in c.m]
     if not metrics:
         raise Missing("the cube has none of the metrics a heatmap shows")
     stage("heatmaps: axes")
