@@ -6,7 +6,8 @@ maps each field to its dtype and default; `gpu_engine.sweep` fills defaults,
 validates, and hands typed arrays to a kernel. Metric columns of the kernel output
 `[C, M]` follow `METRICS` in this order. The run-wide market settings (contract,
 multiplier, tick and lot size, queue model) reach the kernels as one small float64 array
-in `MARKET_FIELDS` order, and the kernels write per-configuration raw sums in `RAW` order
+in `MARKET_FIELDS` order, followed by the window of the book the kernel runs
+(`WINDOW_FIELDS`), and the kernels write per-configuration raw sums in `RAW` order
 (the `R_*` column indices; `gpu_engine.metrics` turns them into `METRICS`). Keep this
 module free of numba/cupy: the trading rules (strategy.py) import their layouts from here.
 """
@@ -35,6 +36,12 @@ ORDER_TYPES = ("taker", "maker")
 MARKET_FIELDS = ("inverse", "multiplier", "tick_size", "lot_size", "queue", "queue_n")
 M_INVERSE, M_MULT, M_TICK, M_LOT, M_QUEUE, M_QUEUE_N = range(6)
 NMARKET = len(MARKET_FIELDS)
+# The market array a kernel reads is the run-wide market above followed by its window of the
+# book (kernels.prepare_window; prepare_book: 0 and T): the global index of the window's
+# row 0 and the tick count of the whole book (exact in float64 below 2**53).
+WINDOW_FIELDS = ("offset", "total")
+M_OFFSET, M_TOTAL = NMARKET, NMARKET + 1
+NKMARKET = NMARKET + len(WINDOW_FIELDS)
 CONTRACTS = ("linear", "inverse")
 # Queue position models (gpu_engine/queue.py); `queue_n` is the power model's exponent.
 QUEUE_RISK_AVERSE, QUEUE_POWER, QUEUE_LOG = 0, 1, 2

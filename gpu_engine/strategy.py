@@ -11,7 +11,17 @@ with the state in registers; the CPU kernel (kernels/cpu.py) calls them per chun
 with a prange over configurations, carrying the state in arrays between chunks. The queue
 position models of a resting maker order are in gpu_engine/queue.py, called from here.
 
-Book inputs prepared once per sweep by `kernels.prepare_book` (the `book` tuple, in order):
+The arrays may hold a window of the book instead of all of it (a streamed run,
+kernels/stream.py): rows [off, off + n) of a book of T ticks, `off` and `T` read from the
+market array (enums.M_OFFSET, M_TOTAL; 0 and the row count for a whole book). Every rule
+that depends on where a tick lies in the book uses global indices: the state's tick indices,
+the last-tick rules (t == T - 1, the close after the last tick), the bucket of a trade;
+`run_window` = one window with the state carried in arrays (load_state / store_state), and
+consecutive windows give the bits of one call over the whole book.
+
+Book inputs prepared once per sweep by `kernels.prepare_book` (or per window by
+`kernels.prepare_window`; then T below is the window's row count n, and "earlier tick"
+includes the ticks of earlier windows) (the `book` tuple, in order):
   ts int64 [T]; bid_px/ask_px float64 [T, L]; bid_sz/ask_sz float32 [T, L];
   bid0/ask0 float64 [T]: level-0 price where finite and > 0, else NaN (entry decisions);
   pbid/pask float64 [T]: the executable top price of RULES.md, i.e. the level-0 price
@@ -22,8 +32,9 @@ Book inputs prepared once per sweep by `kernels.prepare_book` (the `book` tuple,
   tr_start int64 [T + 1]: the trades of tick t are tr_start[t] <= k < tr_start[t + 1]
   (trade k goes to the first tick with ts >= its time); tr_px float64, tr_qty float64,
   tr_side int8 (+1 buyer-, -1 seller-initiated) [N >= 1];
-  mkt float64 [NMARKET]: the run-wide market (enums.MARKET_FIELDS: inverse flag,
-  multiplier, tick size, lot size, queue model, power exponent);
+  mkt float64 [NKMARKET]: the run-wide market (enums.MARKET_FIELDS: inverse flag,
+  multiplier, tick size, lot size, queue model, power exponent), then the window
+  (enums.WINDOW_FIELDS: global index of row 0, tick count of the whole book);
   bank float32 [K, T]: the feature bank (signal and regime rows).
 
 Arithmetic follows the rules' text left to right (e.g. value(q, p) = `q * m * p`, the
@@ -33,7 +44,8 @@ bits. Integer price ticks: tick(x) = round(x / tick_size) (half to even); every 
 order's price with a book or trade price is made in ticks.
 
 Outputs per configuration c: raw[c, :] (enums.RAW layout) and bucket_pnl/
-bucket_trades/bucket_wins[c, :] by the bucket floor(t * B / T) of the exit fill tick.
+bucket_trades/bucket_wins[c, :] by the bucket floor(t * B / T) of the exit fill tick
+(t global, T the whole book's tick count).
 """
 from __future__ import annotations
 
@@ -55,9 +67,11 @@ from gpu_engine.enums import (
     M_INVERSE,
     M_LOT,
     M_MULT,
+    M_OFFSET,
     M_QUEUE,
     M_QUEUE_N,
     M_TICK,
+    M_TOTAL,
     MAKER,
     NRAW,
     R_CANCELS,
@@ -356,20 +370,20 @@ def taker_fill(c, raw, opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees
 
 
 @inline
-def maker_fill(c, raw, t, ts, mtick, opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees):
+def maker_fill(c, raw, t, ts, marr, opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees):
     """book_fill of a maker order at its own price p, counted in the order-flow sums (the
-    queue wait runs from the order's arrival tick mtick)."""
+    queue wait runs from the order's arrival time marr, the ts of its arrival tick)."""
     qopen, cash, fees, fee = book_fill(opening, sgn, u, unit, p, rate, m, inv, qopen, cash, fees)
     raw[c, R_MAKER_FILLS] += 1.0
     raw[c, R_MAKER_QTY] += u * unit
-    raw[c, R_QUEUE_WAIT_NS] += float(ts[t] - ts[mtick])
+    raw[c, R_QUEUE_WAIT_NS] += float(ts[t] - marr)
     raw[c, R_FEES_MAKER] += fee
     return qopen, cash, fees
 
 
 @inline
 def maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz, opp_best,
-               buy, opening, k, mtick, oq, qa, qprev, qcum, sgn, rate, mkt, qopen, cash, fees):
+               buy, opening, k, marr, oq, qa, qprev, qcum, sgn, rate, mkt, qopen, cash, fees):
     """One tick u of a live maker order at price tick k (remaining oq): (1) the trades of u
     from the aggressor side that hits it, in stored order: through its price fills all that
     remains; at its price shrinks the queue ahead, and once that is below 0,
@@ -412,7 +426,7 @@ def maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz, 
         else:
             break
         if q > 0.0:
-            qopen, cash, fees = maker_fill(c, raw, t, ts, mtick, opening, sgn, q, unit, price,
+            qopen, cash, fees = maker_fill(c, raw, t, ts, marr, opening, sgn, q, unit, price,
                                            rate, mkt[M_MULT], inv, qopen, cash, fees)
             oq = oq - q
     if oq > 0.0:
@@ -423,7 +437,8 @@ def maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz, 
 
 @inline
 def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, held_ns, reason):
-    """Add one closed trade to the raw sums and to the bucket of its exit fill tick t."""
+    """Add one closed trade to the raw sums and to the bucket of its exit fill tick t (the
+    global tick index, of T ticks of the whole book)."""
     raw[c, R_TRADES] += 1.0
     if pnl > 0.0:
         raw[c, R_WINS] += 1.0
@@ -445,13 +460,45 @@ def book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, gross, fees, held_ticks, h
 
 
 @inline
-def close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick, reason):
+def close_trade(c, raw, bpnl, btr, bwin, B, mkt, t, ts, cash, fees, ftick, fts, reason):
     """The trade closes at tick t (q_open back to 0): PnL = cash - fees; book it (held from
-    its first opening fill tick ftick), return its PnL."""
+    its first opening fill tick ftick), return its PnL. t and ftick are indices of the
+    window's arrays (the bucket is global: window_offset, book_ticks); fts as for
+    first_fill_ts."""
     pnl = cash - fees
-    book_trade(c, raw, bpnl, btr, bwin, B, T, t, pnl, cash, fees,
-               float(t - ftick), float(ts[t] - ts[ftick]), reason)
+    book_trade(c, raw, bpnl, btr, bwin, B, book_ticks(mkt), t + window_offset(mkt), pnl, cash,
+               fees, float(t - ftick), float(ts[t] - first_fill_ts(ts, ftick, fts)), reason)
     return pnl
+
+
+@inline
+def first_fill_ts(ts, ftick, fts):
+    """ts of the first opening fill tick ftick (an index of the window's arrays): ts[ftick]
+    when the window holds it, else (ftick < 0: an earlier window) the state's fts, which
+    run_ticks sets to ts[ftick] as it leaves a window. Not set at the fill itself: a value
+    carried through the tick loop costs the GPU kernel registers, and its occupancy."""
+    if ftick >= 0:
+        return ts[ftick]
+    return fts
+
+
+@inline
+def window_offset(mkt):
+    """The global tick index of the arrays' row 0 (0 for a whole book; strategy.py doc)."""
+    return int(mkt[M_OFFSET])
+
+
+@inline
+def book_ticks(mkt):
+    """T, the tick count of the whole book."""
+    return int(mkt[M_TOTAL])
+
+
+@inline
+def last_tick(mkt):
+    """The book's last tick T - 1, as an index of the window's arrays (read where it is
+    needed, on rare paths: a value held across the tick loop costs the GPU registers)."""
+    return int(mkt[M_TOTAL]) - 1 - int(mkt[M_OFFSET])
 
 
 @inline
@@ -476,8 +523,8 @@ def entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, l
     decisions from t + 1, max_hold from ts[t]); a maker take profit (maker_tp) is posted now
     for the whole position at ceil(e (1 + tp bps) / tick) (long) or floor(e (1 - tp bps) /
     tick) (short), unless that tick is <= 0 (the maker slot mst, mk, mtick, marr, oq is
-    returned as given, empty, when none is posted). Returns (state, etick, ets, stop_thr,
-    take_thr, mst, mk, mtick, marr, oq)."""
+    returned as given, empty, when none is posted). Returns (state, ets, stop_thr, take_thr,
+    mst, mk, mtick, marr, oq)."""
     stop_thr = -sl * BPS * e
     take_thr = tp * BPS * e
     if maker_tp:
@@ -493,7 +540,7 @@ def entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, l
             oq = qopen
             raw[c, R_POSTED] += 1.0
             raw[c, R_POSTED_QTY] += qopen * unit
-    return IN_POSITION, t, ts[t], stop_thr, take_thr, mst, mk, mtick, marr, oq
+    return IN_POSITION, ts[t], stop_thr, take_thr, mst, mk, mtick, marr, oq
 
 
 @inline
@@ -512,12 +559,19 @@ def reset_outputs(c, raw, bpnl, btr, bwin):
 #   oq (taker entry: desired quantity; maker order: remaining quantity; both and qopen in
 #   units, see floor_units),
 #   qa, qprev, qcum (queue.py: queue ahead, last known size, traded since the last update);
-#   state, pos, etick (entry completion tick), ets (its ts), reason (of the pending exit),
-#   target (fill time of the pending taker order), next_entry, ftick (first opening fill tick),
-#   mst (maker order slot, MST_*), mk (its price tick), mtick (tick it was posted, then the
-#   tick it arrived), marr (its arrival time), mcan (when its cancel takes effect).
+#   state, pos, fts (ts of ftick, once ftick is in an earlier window than the one running:
+#   first_fill_ts), ets (ts of the entry completion tick), reason (of the
+#   pending exit), target (fill time of the pending taker order), next_entry, ftick (first
+#   opening fill tick), mst (maker order slot, MST_*), mk (its price tick), mtick (tick it
+#   was posted, then the tick it arrived), marr (its arrival time: ts[posting tick] + latency
+#   while in flight, then ts[mtick], the time it arrived), mcan (when its cancel takes effect).
+# Tick indices in the state (next_entry, ftick, mtick) are global: indices into the whole
+# book, whatever window of it the arrays hold (run_ticks turns them into window indices while
+# it runs); a tick's time is read from ts only at a tick of the window being run (fts, ets,
+# marr hold the times of earlier ticks).
 # `run_ticks` takes it as scalars and returns it as a tuple, so a caller can keep it in
-# registers (CUDA: one call over [0, T)) or carry it across tick chunks in arrays (CPU).
+# registers (CUDA: one call over [0, T)) or carry it across tick chunks and windows of the
+# book in arrays (CPU chunks; both kernels' streamed windows: load_state / store_state).
 NSTATE_F = 14
 NSTATE_I = 13
 
@@ -564,8 +618,13 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
      size_frac, max_qty, cooldown, fee_bps, latency, capital,
      entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency) = cfg
     (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev, qcum,
-     state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
-    T = ts.shape[0]
+     state, pos, fts, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
+    # the window: ts[0] is the book's tick window_offset(mkt); the state's tick indices
+    # become indices into the window's arrays until the return
+    off = window_offset(mkt)
+    next_entry = next_entry - off
+    ftick = ftick - off
+    mtick = mtick - off
     B = bpnl.shape[1]
     srow = signal[c]
     rrow = regime[c]
@@ -710,7 +769,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     pos = 0
         elif state == EXIT_PENDING:
             # an exit with no fill tick (or nothing displayed until then) fills at T-1
-            if ts[t] >= target or t == T - 1:
+            if ts[t] >= target or t == last_tick(mkt):
                 if pos > 0:
                     wpx = bid_px
                     wsz = bid_sz
@@ -720,7 +779,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     wsz = ask_sz
                     p = pask[t]
                 ok, v = exit_walk(wpx, wsz, t, qopen * unit, pos > 0, inv)
-                if not ok and t == T - 1:
+                if not ok and t == last_tick(mkt):
                     v = top_price(p, e)
                     ok = True
                 if ok:
@@ -744,7 +803,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                 q0 = qopen
                 (oq, qa, qprev, qcum, qopen, cash,
                  fees) = maker_tick(c, raw, t, ts, tr_start, tr_px, tr_qty, tr_side, own_px, own_sz,
-                                    opp_best, buy, opening, mk, mtick, oq, qa, qprev, qcum,
+                                    opp_best, buy, opening, mk, marr, oq, qa, qprev, qcum,
                                     pos * sigma, mrate, mkt, qopen, cash, fees)
                 if opening:
                     if qopen > q0:
@@ -754,7 +813,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     if not oq > 0.0:
                         mst = MST_NONE
                         done = True
-                    elif mst < MST_CANCEL and float(ts[t] - ts[mtick]) >= tif:
+                    elif mst < MST_CANCEL and float(ts[t] - marr) >= tif:
                         # time in force: the cancel takes effect at the first tick after t
                         # with ts >= ts[t] + cancel_latency
                         mst = mst | MST_CANCEL
@@ -784,13 +843,14 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     qa, qprev, qcum = queue_arrive(level_size(own_px, own_sz, t, mk, tick, buy))
                     mst = MST_LIVE | (mst & MST_CANCEL)
                     mtick = t
+                    marr = ts[t]
         if done:
-            (state, etick, ets, stop_thr, take_thr, mst, mk, mtick, marr,
+            (state, ets, stop_thr, take_thr, mst, mk, mtick, marr,
              oq) = entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, lat,
                                   mst, mk, mtick, marr, oq)
         elif close:
-            equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick,
-                                          crsn)
+            equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, mkt, t, ts, cash, fees,
+                                          ftick, fts, crsn)
             state = FLAT
             pos = 0
             qopen = 0.0
@@ -834,23 +894,25 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
             peak, trough, max_dd = drawdown(m, peak, trough, max_dd)
         t += 1
 
+    # back to global tick indices (the first fill's time kept for the windows after this one)
+    fts = first_fill_ts(ts, ftick, fts)
+    off = window_offset(mkt)
     return (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev,
-            qcum, state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr,
-            mcan)
+            qcum, state, pos, fts, ets, reason, target, next_entry + off, ftick + off, mst, mk,
+            mtick + off, marr, mcan)
 
 
 @inline
 def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
     """After the last tick: close what is open and write max_dd and the final equity
-    (arguments as for run_ticks)."""
+    (arguments as for run_ticks; the book's arrays must hold its last tick)."""
     (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
      tr_start, tr_px, tr_qty, tr_side, mkt, bank) = book
     (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev, qcum,
-     state, pos, etick, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
+     state, pos, fts, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
     (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
      size_frac, max_qty, cooldown, fee_bps, latency, capital,
      entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency) = cfg
-    T = ts.shape[0]
     B = bpnl.shape[1]
     rate = fee_bps[c] * BPS
     inv = mkt[M_INVERSE] != 0.0
@@ -865,7 +927,7 @@ def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
     # at T-1 by the exit walk (at the last seen price when nothing is displayed); the marks
     # of tick T-1 are not recomputed.
     if qopen > 0.0:
-        t = T - 1
+        t = last_tick(mkt)
         if state != EXIT_PENDING:
             reason = EXIT_END
         if pos > 0:
@@ -881,8 +943,8 @@ def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
             v = top_price(p, e)
         qopen, cash, fees = taker_fill(c, raw, False, pos * sigma, qopen, unit, v, rate, mkt[M_MULT],
                                        inv, qopen, cash, fees)
-        equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, T, t, ts, cash, fees, ftick,
-                                      reason)
+        equity = equity + close_trade(c, raw, bpnl, btr, bwin, B, mkt, t, ts, cash, fees,
+                                      ftick - window_offset(mkt), fts, reason)
 
     raw[c, R_MAXDD] = max_dd
     raw[c, R_EQUITY] = equity
@@ -898,6 +960,72 @@ def run_one(c, book, cfg, raw, bpnl, btr, bwin):
     st0 = init_state(ts[0], capital[c])
     st1 = run_ticks(c, 0, ts.shape[0], book, cfg, raw, bpnl, btr, bwin, st0)
     finish_config(c, book, cfg, raw, bpnl, btr, bwin, st1)
+
+
+@inline
+def load_state(fs, ist, c):
+    """Configuration c's state tuple (the order above) from the carry arrays fs [C, NSTATE_F]
+    float64 and ist [C, NSTATE_I] int64."""
+    return (fs[c, 0], fs[c, 1], fs[c, 2], fs[c, 3], fs[c, 4], fs[c, 5], fs[c, 6], fs[c, 7],
+            fs[c, 8], fs[c, 9], fs[c, 10], fs[c, 11], fs[c, 12], fs[c, 13], ist[c, 0],
+            ist[c, 1], ist[c, 2], ist[c, 3], ist[c, 4], ist[c, 5], ist[c, 6], ist[c, 7],
+            ist[c, 8], ist[c, 9], ist[c, 10], ist[c, 11], ist[c, 12])
+
+
+@inline
+def store_state(fs, ist, c, st):
+    """Write configuration c's state tuple into the carry arrays."""
+    fs[c, 0] = st[0]
+    fs[c, 1] = st[1]
+    fs[c, 2] = st[2]
+    fs[c, 3] = st[3]
+    fs[c, 4] = st[4]
+    fs[c, 5] = st[5]
+    fs[c, 6] = st[6]
+    fs[c, 7] = st[7]
+    fs[c, 8] = st[8]
+    fs[c, 9] = st[9]
+    fs[c, 10] = st[10]
+    fs[c, 11] = st[11]
+    fs[c, 12] = st[12]
+    fs[c, 13] = st[13]
+    ist[c, 0] = st[14]
+    ist[c, 1] = st[15]
+    ist[c, 2] = st[16]
+    ist[c, 3] = st[17]
+    ist[c, 4] = st[18]
+    ist[c, 5] = st[19]
+    ist[c, 6] = st[20]
+    ist[c, 7] = st[21]
+    ist[c, 8] = st[22]
+    ist[c, 9] = st[23]
+    ist[c, 10] = st[24]
+    ist[c, 11] = st[25]
+    ist[c, 12] = st[26]
+
+
+# Window flags of a streamed run (run_window, kernels.cpu.sweep_cpu): the first window of the
+# book resets the outputs and starts the state; the last one closes what is open.
+WIN_FIRST, WIN_LAST = 1, 2
+
+
+@inline
+def run_window(c, book, cfg, raw, bpnl, btr, bwin, fs, ist, flags):
+    """Configuration c over every tick of a window of the book (the streamed CUDA kernel's
+    thread body): its state from the carry arrays (init_state on the window flagged
+    WIN_FIRST, which holds the book's tick 0), run_ticks, then finish_config on the window
+    flagged WIN_LAST (which holds the book's last tick), else the state back into the
+    carry arrays. A book run window by window gives the bits of run_one."""
+    ts = book[0]
+    capital = cfg[14]
+    if (flags & WIN_FIRST) != 0:
+        reset_outputs(c, raw, bpnl, btr, bwin)
+        store_state(fs, ist, c, init_state(ts[0], capital[c]))
+    st = run_ticks(c, 0, ts.shape[0], book, cfg, raw, bpnl, btr, bwin, load_state(fs, ist, c))
+    if (flags & WIN_LAST) != 0:
+        finish_config(c, book, cfg, raw, bpnl, btr, bwin, st)
+    else:
+        store_state(fs, ist, c, st)
 
 
 @inline
@@ -921,8 +1049,10 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, db
 _RULE_FUNCTIONS = ("displayed", "value", "floor_units", "to_tick", "entry_walk", "exit_walk",
                    "level_size", "crosses", "top_price", "exit_reason", "entry_side", "book_fill",
                    "entry_price", "taker_fill", "maker_fill", "maker_tick", "book_trade",
-                   "close_trade", "drawdown", "entry_complete", "reset_outputs", "init_state",
-                   "mark_value", "run_ticks", "finish_config", "run_one", "run_config") + QUEUE_FUNCTIONS
+                   "close_trade", "first_fill_ts", "window_offset", "book_ticks", "last_tick",
+                   "drawdown", "entry_complete", "reset_outputs", "init_state", "mark_value",
+                   "run_ticks", "finish_config", "run_one", "load_state", "store_state",
+                   "run_window", "run_config") + QUEUE_FUNCTIONS
 
 
 def python_twin(name: str = "run_config"):

@@ -217,7 +217,8 @@ def test_stamp_covers_every_module_the_kernels_are_built_from():
     from gpu_engine.kernels import cuda as kcuda
 
     for kernel_file, py_func in ((cache.KERNEL_DIR / "cpu.py", cpu.sweep_cpu.py_func),
-                                 (cache.KERNEL_DIR / "cuda.py", kcuda.sweep_cuda_pyfunc)):
+                                 (cache.KERNEL_DIR / "cuda.py", kcuda.sweep_cuda_pyfunc),
+                                 (cache.KERNEL_DIR / "cuda.py", kcuda.window_cuda_pyfunc)):
         sources = set(cache.kernel_sources(kernel_file))
         assert kernel_file in sources
         funcs = _reachable(py_func)

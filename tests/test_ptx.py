@@ -1,9 +1,11 @@
-"""The real CUDA kernel compiles for Hopper (sm_90) without a GPU and does not spill.
+"""The real CUDA kernels compile for Hopper (sm_90) without a GPU and do not spill.
 
 `cuda.compile_ptx(kernel, signature, cc=(9, 0))` on the kernel's Python function with the
 argument types `sweep` launches it with, then `ptxas -arch=sm_90 -v` from the
 nvidia-cuda-nvcc wheel: 0 bytes of spill stores and loads. Registers per thread are recorded
-in benchmarks/RESULTS.md (`python tests/test_ptx.py` prints them).
+in benchmarks/RESULTS.md (`python tests/test_ptx.py` prints them). Both the one-shot kernel
+(sweep_cuda) and the window kernel of a streamed book (window_cuda: the same plus the state
+arrays and the window flags) are checked.
 """
 from __future__ import annotations
 
@@ -44,6 +46,13 @@ def kernel_signature():
     return book + (f32_2,) + cfg + out
 
 
+def window_kernel_signature():
+    """kernel_signature() + the state arrays fs, ist and the window flags (kernels.stream)."""
+    f64_2 = numba.typeof(np.zeros((1, 1), np.float64))
+    i64_2 = numba.typeof(np.zeros((1, 1), np.int64))
+    return kernel_signature() + (f64_2, i64_2, numba.typeof(np.int64(3)))
+
+
 def _queue_prob_only(out, front, back, model, n):
     i = cuda.grid(1)
     if i < out.shape[0]:
@@ -60,10 +69,13 @@ def libdevice_fmas() -> int:
     return ptx.count("fma.rn.f64")
 
 
-def compile_and_assemble(tmp: Path) -> str:
-    from gpu_engine.kernels.cuda import sweep_cuda_pyfunc
+def compile_and_assemble(tmp: Path, kernel: str = "sweep") -> str:
+    from gpu_engine.kernels.cuda import sweep_cuda_pyfunc, window_cuda_pyfunc
 
-    ptx, _ = cuda.compile_ptx(sweep_cuda_pyfunc, kernel_signature(), cc=(9, 0))
+    if kernel == "sweep":
+        ptx, _ = cuda.compile_ptx(sweep_cuda_pyfunc, kernel_signature(), cc=(9, 0))
+    else:
+        ptx, _ = cuda.compile_ptx(window_cuda_pyfunc, window_kernel_signature(), cc=(9, 0))
     assert ".target sm_90" in ptx
     # no contracted multiply-adds: the GPU rounds like the CPU kernel (kernels/cuda.py,
     # -fma=0). The fma.rn.f64 left are libdevice's own, inside pow and log of the power and
@@ -81,10 +93,11 @@ def compile_and_assemble(tmp: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_kernel_compiles_for_sm90_without_spills(tmp_path):
+@pytest.mark.parametrize("kernel", ["sweep", "window"])
+def test_kernel_compiles_for_sm90_without_spills(tmp_path, kernel):
     if NRAW <= 0:  # pragma: no cover - layout sanity
         pytest.fail("empty raw layout")
-    report = compile_and_assemble(tmp_path)
+    report = compile_and_assemble(tmp_path, kernel)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     regs = re.findall(r"Used (\d+) registers", report)
     assert spills and regs, report
@@ -96,5 +109,6 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        print(compile_and_assemble(Path(d)))
+        for name in ("sweep", "window"):
+            print(name, compile_and_assemble(Path(d), name))
     sys.exit(0)

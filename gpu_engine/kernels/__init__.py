@@ -2,17 +2,25 @@
 
 `prepare_book` turns a Book-like object into the contiguous arrays the kernels read
 (strategy.py documents each): the book, its top-of-book helpers, its trades with each
-tick's index range of trades, and the run-wide market array (enums.MARKET_FIELDS). `run` takes validated, typed configuration arrays (the
+tick's index range of trades, and the run-wide market array (enums.MARKET_FIELDS, then the
+window: enums.WINDOW_FIELDS). `run` takes validated, typed configuration arrays (the
 `enums.CONFIG_FIELDS` order), runs batches of at most `batch` configurations, and returns
 host arrays raw [C, NRAW] float64, bucket_pnl [C, B] float64, bucket_trades and
 bucket_wins [C, B] int32. Kernel modules are imported lazily: importing this package
 compiles nothing and never imports cupy.
+
+A book too large for memory runs window by window (kernels/stream.py, `Stream`):
+`prepare_window` builds the arrays of rows [g0, g1) of a book of T rows from a Book-like
+slice of those rows and what the previous window carries (`Carry`: the last valid tops,
+the trades not yet given a tick), so that the kernels see exactly the values the whole
+book's arrays hold at those rows; `prepare_book` is the one-window case.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,15 +63,16 @@ def process_age() -> float:
 _IMPORTED = time.perf_counter()
 
 
-def last_seen_top(px0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def last_seen_top(px0: np.ndarray, before: float = np.nan) -> tuple[np.ndarray, np.ndarray]:
     """(current, last_seen): level-0 price where finite and > 0 else NaN, and the same
-    forward-filled with the last valid price at an earlier tick (NaN before the first)."""
+    forward-filled with the last valid price at an earlier tick (`before` before the first:
+    NaN, or the last valid price of the rows before these)."""
     px0 = np.asarray(px0, dtype=np.float64)
     valid = np.isfinite(px0) & (px0 > 0)
     cur = np.where(valid, px0, np.nan)
     idx = np.where(valid, np.arange(px0.shape[0]), -1)
     np.maximum.accumulate(idx, out=idx)
-    last = np.where(idx >= 0, px0[np.maximum(idx, 0)], np.nan)
+    last = np.where(idx >= 0, px0[np.maximum(idx, 0)], np.float64(before))
     return cur, last
 
 
@@ -108,7 +117,9 @@ def default_market() -> np.ndarray:
 
 @dataclass
 class BookArrays:
-    """The book as the kernels read it (on the backend's device)."""
+    """The book as the kernels read it (on the backend's device): all of it, or the window
+    of rows [offset, offset + T) of a book of `total` rows (prepare_window; the kernels read
+    both from `mkt`, enums.M_OFFSET and M_TOTAL)."""
 
     ts: object
     bid_px: object
@@ -126,10 +137,17 @@ class BookArrays:
     tr_qty: object
     tr_side: object
     mkt: object
+    offset: int = 0
+    total: int | None = None  # None: the whole book (offset 0, total T)
 
     @property
     def T(self) -> int:
         return int(self.ts.shape[0])
+
+    @property
+    def whole(self) -> bool:
+        """Whether these are the arrays of a whole book (not a window of a longer one)."""
+        return self.offset == 0 and (self.total is None or self.total == self.T)
 
     def as_args(self) -> tuple:
         return (self.ts, self.bid_px, self.ask_px, self.bid_sz, self.ask_sz,
@@ -137,39 +155,108 @@ class BookArrays:
                 self.tr_start, self.tr_px, self.tr_qty, self.tr_side, self.mkt)
 
 
-def prepare_book(book, backend: Backend, market=None, trades: bool = True) -> BookArrays:
-    """Contiguous, canonically typed book arrays plus the top-of-book helpers, the trades
-    (`book.trades`, when present and `trades` is true: only maker orders read them) with each
-    tick's trade range, and the market array (`market`, enums.MARKET_FIELDS order; None =
-    default_market(), rules v1), on device. Computed once per book and run."""
+def _no_trades():
+    return (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.float64),
+            np.zeros(0, np.int8))
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What the rows of a book before a window leave to it (prepare_window): how many rows
+    there were (`offset`, the global index of the window's row 0), the time of the last one
+    (`last_ts`, None when there were none), the last valid level-0 bid and ask prices seen
+    (`pbid`, `pask`; NaN: none yet), and the trades published after `last_ts` not yet given
+    to a tick (`trades`: ts int64, px float64, qty float64, side int8, in stored order;
+    they belong to the first later tick with ts >= their time)."""
+
+    offset: int = 0
+    last_ts: int | None = None
+    pbid: float = math.nan
+    pask: float = math.nan
+    trades: tuple = field(default_factory=_no_trades)
+
+
+def prepare_window(book, backend: Backend, total: int, carry: Carry | None = None, market=None,
+                   trades: bool = True) -> tuple[BookArrays, Carry]:
+    """The kernels' arrays of one window of a book of `total` rows, and what it carries to the
+    next window. `book` is Book-like: the window's rows (ts, bid_px, ask_px, bid_sz, ask_sz)
+    and optionally `trades` (ts, px, qty, side: the trades published after the rows before
+    the window, in time order; any of them after the window's last row are carried on).
+    `carry` is what the previous window returned (None: the window starts the book).
+
+    The arrays equal rows [carry.offset, carry.offset + n) of prepare_book's arrays of the
+    whole book: the last-seen tops continue from the previous rows, a trade goes to the first
+    tick with ts >= its time whichever window that tick is in (trades after the book's last
+    row go to no tick), and the market array holds the window (enums.M_OFFSET, M_TOTAL).
+    A window may have no rows (its trades are carried on); it is then not run."""
+    carry = Carry() if carry is None else carry
+    total = int(total)
+    g0 = int(carry.offset)
     ts = np.ascontiguousarray(book.ts, dtype=np.int64)
+    n = int(ts.shape[0])
+    if g0 + n > total:
+        raise ValueError(f"window rows [{g0}, {g0 + n}) run past the book's {total} rows")
+    if n and carry.last_ts is not None and ts[0] < carry.last_ts:
+        raise ValueError(f"window starts at ts {int(ts[0])}, before the previous row's "
+                         f"{carry.last_ts}: windows must follow each other in time")
     bid_px = np.ascontiguousarray(book.bid_px, dtype=np.float64)
     ask_px = np.ascontiguousarray(book.ask_px, dtype=np.float64)
     bid_sz = np.ascontiguousarray(book.bid_sz, dtype=np.float32)
     ask_sz = np.ascontiguousarray(book.ask_sz, dtype=np.float32)
-    bid0, pbid = last_seen_top(bid_px[:, 0])
-    ask0, pask = last_seen_top(ask_px[:, 0])
+    bid0, pbid = last_seen_top(bid_px[:, 0], carry.pbid)
+    ask0, pask = last_seen_top(ask_px[:, 0], carry.pask)
     dbid = best_displayed(bid_px, bid_sz, bid=True)
     dask = best_displayed(ask_px, ask_sz, bid=False)
+
+    held = carry.trades
     tr = getattr(book, "trades", None) if trades else None
     if tr is not None and len(tr.ts) > 0:
-        tr_start = trade_ranges(ts, tr.ts)
-        tr_px = np.ascontiguousarray(tr.px, dtype=np.float64)
-        tr_qty = np.ascontiguousarray(tr.qty, dtype=np.float64)
-        tr_side = np.ascontiguousarray(tr.side, dtype=np.int8)
+        new = (np.asarray(tr.ts, dtype=np.int64), np.asarray(tr.px, dtype=np.float64),
+               np.asarray(tr.qty, dtype=np.float64), np.asarray(tr.side, dtype=np.int8))
+        if carry.last_ts is not None and new[0][0] <= carry.last_ts:
+            raise ValueError(f"a trade at ts {int(new[0][0])} is not after the previous "
+                             f"window's last row ({carry.last_ts}): its tick was run already")
+        if len(held[0]) and new[0][0] < held[0][-1]:
+            raise ValueError("trades must follow the carried trades in time")
+        held = tuple(np.concatenate((a, b)) for a, b in zip(held, new)) if len(held[0]) else new
+    # the window's trades: those up to its last row (the rest wait for a later tick)
+    m = int(np.searchsorted(held[0], ts[-1], side="right")) if n else 0
+    if m > 0:
+        tr_start = trade_ranges(ts, held[0][:m])
+        tr_px = np.ascontiguousarray(held[1][:m])
+        tr_qty = np.ascontiguousarray(held[2][:m])
+        tr_side = np.ascontiguousarray(held[3][:m])
     else:
         # no trades: every tick's range is empty (one dummy trade keeps the arrays non-empty)
-        tr_start = np.zeros(ts.shape[0] + 1, np.int64)
+        tr_start = np.zeros(n + 1, np.int64)
         tr_px = np.zeros(1, np.float64)
         tr_qty = np.zeros(1, np.float64)
         tr_side = np.zeros(1, np.int8)
-    mkt = default_market() if market is None else np.ascontiguousarray(market, dtype=np.float64)
-    if mkt.shape != (NMARKET,):
-        raise ValueError(f"market must be a float64 array of {NMARKET} values, got shape {mkt.shape}")
+    # trades after the book's last row go to no tick
+    rest = _no_trades() if g0 + n == total else tuple(a[m:] for a in held)
+
+    base = default_market() if market is None else np.ascontiguousarray(market, dtype=np.float64)
+    if base.shape != (NMARKET,):
+        raise ValueError(f"market must be a float64 array of {NMARKET} values, got shape {base.shape}")
+    mkt = np.concatenate((base, np.array([g0, total], np.float64)))
     dev = backend.to_device
-    return BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
-                      dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask),
-                      dev(tr_start), dev(tr_px), dev(tr_qty), dev(tr_side), dev(mkt))
+    arrays = BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
+                        dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask),
+                        dev(tr_start), dev(tr_px), dev(tr_qty), dev(tr_side), dev(mkt),
+                        offset=g0, total=total)
+    after = Carry(offset=g0 + n, last_ts=int(ts[-1]) if n else carry.last_ts,
+                  pbid=float(pbid[-1]) if n else carry.pbid,
+                  pask=float(pask[-1]) if n else carry.pask, trades=rest)
+    return arrays, after
+
+
+def prepare_book(book, backend: Backend, market=None, trades: bool = True) -> BookArrays:
+    """Contiguous, canonically typed book arrays plus the top-of-book helpers, the trades
+    (`book.trades`, when present and `trades` is true: only maker orders read them) with each
+    tick's trade range, and the market array (`market`, enums.MARKET_FIELDS order; None =
+    default_market(), rules v1; then the window: 0 and T), on device. Computed once per book
+    and run: the one window of prepare_window that holds the whole book."""
+    return prepare_window(book, backend, int(np.shape(book.ts)[0]), None, market, trades)[0]
 
 
 def allocate(C: int, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -201,8 +288,10 @@ def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], bu
     results do not depend on it); the CUDA kernel runs all ticks in one call.
     Returns host (raw, bucket_pnl, bucket_trades, bucket_wins).
     """
-    if chunk is not None and not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
-        raise ValueError(f"chunk must be an integer >= 1 (ticks), got {chunk!r}")
+    check_chunk(chunk)
+    if not book.whole:
+        raise ValueError("kernels.run takes the arrays of a whole book (prepare_book); "
+                         "run the windows of a longer one with kernels.stream.Stream")
     C = int(cfg[FIELDS[0]].shape[0])
     cfg = with_defaults(cfg, C)
     out = allocate(C, buckets)
@@ -223,18 +312,34 @@ def run(backend: Backend, book: BookArrays, bank, cfg: dict[str, np.ndarray], bu
                 host[lo:hi] = backend.to_host(dev)
     else:
         from gpu_engine.kernels.cpu import DEFAULT_CHUNK, sweep_cpu
+        from gpu_engine.strategy import WIN_FIRST, WIN_LAST
 
-        step = int(chunk) if chunk is not None else DEFAULT_CHUNK
+        step = np.int64(chunk if chunk is not None else DEFAULT_CHUNK)
+        flags = np.int64(WIN_FIRST | WIN_LAST)
         hbook = tuple(_cpu_input(a, dt) for a, dt in zip(book.as_args(), BOOK_DTYPES))
         hbank = _cpu_input(bank, np.float32)
         for lo in range(0, C, batch):
             hi = min(C, lo + batch)
             args = tuple(_cpu_input(cfg[f][lo:hi], CONFIG_FIELDS[f][0]) for f in FIELDS)
+            fs, ist = allocate_state(hi - lo)
+            call = hbook + (hbank,) + args + tuple(o[lo:hi] for o in out) + (step, fs, ist, flags)
             if not STARTUP:
-                _load_cpu_kernel(sweep_cpu, hbook + (hbank,) + args + tuple(o[lo:hi] for o in out)
-                                 + (np.int64(step),))
-            sweep_cpu(*hbook, hbank, *args, *(o[lo:hi] for o in out), np.int64(step))
+                _load_cpu_kernel(sweep_cpu, call)
+            sweep_cpu(*call)
     return out
+
+
+def check_chunk(chunk) -> None:
+    if chunk is not None and not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+        raise ValueError(f"chunk must be an integer >= 1 (ticks), got {chunk!r}")
+
+
+def allocate_state(C: int) -> tuple[np.ndarray, np.ndarray]:
+    """The carry arrays of C configurations' states (strategy.py: fs [C, NSTATE_F] float64,
+    ist [C, NSTATE_I] int64), uninitialised: the first window starts them."""
+    from gpu_engine.strategy import NSTATE_F, NSTATE_I
+
+    return np.empty((C, NSTATE_F), np.float64), np.empty((C, NSTATE_I), np.int64)
 
 
 def cpu_signature() -> tuple:
@@ -247,7 +352,9 @@ def cpu_signature() -> tuple:
     bank = _cpu_input(np.zeros(two, np.float32), np.float32)
     cfg = tuple(_cpu_input(np.zeros(one, CONFIG_FIELDS[f][0]), CONFIG_FIELDS[f][0]) for f in FIELDS)
     out = tuple(o[0:1] for o in allocate(1, 1))
-    return tuple(numba.typeof(a) for a in book + (bank,) + cfg + out + (np.int64(1),))
+    state = allocate_state(1)
+    return tuple(numba.typeof(a) for a in book + (bank,) + cfg + out
+                 + (np.int64(1),) + state + (np.int64(3),))
 
 
 def preload_cpu():

@@ -4,10 +4,17 @@ The book does not fit in cache at T = 1e6 (~480 B per tick), so running each con
 over all ticks makes every fill's depth walk miss to DRAM. Here ticks are processed in chunks
 of `chunk` ticks; inside a chunk a prange over configurations runs `strategy.run_ticks` for
 each one (through `run_chunk`, a plain njit function the prange body calls), so the chunk's
-book rows are read from DRAM once and then served from cache to every configuration. Each configuration's state (strategy.py: NSTATE_F floats, NSTATE_I
-integers) is carried across chunk boundaries in two arrays [C, NSTATE_F] float64 and
+book rows are read from DRAM once and then served from cache to every configuration. Each
+configuration's state (strategy.py: NSTATE_F floats, NSTATE_I integers) is carried across
+chunk boundaries in two caller-provided arrays fs [C, NSTATE_F] float64 and ist
 [C, NSTATE_I] int64; inside a chunk it lives in local scalars. The results do not depend on
 the chunk size (tests/test_kernel_chunks.py), they equal the single-call `run_one`.
+
+One call runs one window of the book (all of it for kernels.run; strategy.py explains the
+window): `flags` (strategy.WIN_FIRST | WIN_LAST) says whether it is the first window (the
+outputs are reset and the state started) and whether it is the last (what is open is closed
+after its last tick); between windows the state stays in fs/ist (kernels/stream.py), so a
+book fed window by window gives the bits of one call over it.
 
 The kernel writes raw sums [C, NRAW] and bucket arrays [C, B] into caller-provided arrays,
 so the caller can batch configurations into slices of preallocated outputs.
@@ -23,64 +30,24 @@ every call.
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba import prange
 
 from gpu_engine.kernels import cache as _cache
 from gpu_engine.strategy import (
-    NSTATE_F,
-    NSTATE_I,
+    WIN_FIRST,
+    WIN_LAST,
     finish_config,
     init_state,
+    load_state,
     reset_outputs,
     run_ticks,
+    store_state,
 )
 
 # Ticks per chunk: the chunk's book rows (~500 B a tick with the top-of-book helpers and
 # the bank rows) must stay in the per-core L2 / shared L3 while every configuration runs
 # over them (benchmarks/RESULTS.md has the measurement).
 DEFAULT_CHUNK = 4096
-
-
-@numba.njit(inline="always")
-def load_state(fs, ist, c):
-    """Configuration c's state tuple (strategy.py order) from the carry arrays."""
-    return (fs[c, 0], fs[c, 1], fs[c, 2], fs[c, 3], fs[c, 4], fs[c, 5], fs[c, 6], fs[c, 7],
-            fs[c, 8], fs[c, 9], fs[c, 10], fs[c, 11], fs[c, 12], fs[c, 13], ist[c, 0],
-            ist[c, 1], ist[c, 2], ist[c, 3], ist[c, 4], ist[c, 5], ist[c, 6], ist[c, 7],
-            ist[c, 8], ist[c, 9], ist[c, 10], ist[c, 11], ist[c, 12])
-
-
-@numba.njit(inline="always")
-def store_state(fs, ist, c, st):
-    """Write configuration c's state tuple into the carry arrays."""
-    fs[c, 0] = st[0]
-    fs[c, 1] = st[1]
-    fs[c, 2] = st[2]
-    fs[c, 3] = st[3]
-    fs[c, 4] = st[4]
-    fs[c, 5] = st[5]
-    fs[c, 6] = st[6]
-    fs[c, 7] = st[7]
-    fs[c, 8] = st[8]
-    fs[c, 9] = st[9]
-    fs[c, 10] = st[10]
-    fs[c, 11] = st[11]
-    fs[c, 12] = st[12]
-    fs[c, 13] = st[13]
-    ist[c, 0] = st[14]
-    ist[c, 1] = st[15]
-    ist[c, 2] = st[16]
-    ist[c, 3] = st[17]
-    ist[c, 4] = st[18]
-    ist[c, 5] = st[19]
-    ist[c, 6] = st[20]
-    ist[c, 7] = st[21]
-    ist[c, 8] = st[22]
-    ist[c, 9] = st[23]
-    ist[c, 10] = st[24]
-    ist[c, 11] = st[25]
-    ist[c, 12] = st[26]
 
 
 @numba.njit(nogil=True)
@@ -108,15 +75,14 @@ def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, 
               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
               size_frac, max_qty, cooldown, fee_bps, latency, capital,
               entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency,
-              raw, bpnl, btr, bwin, chunk):
+              raw, bpnl, btr, bwin, chunk, fs, ist, flags):
     C = signal.shape[0]
     T = ts.shape[0]
     step = chunk if chunk >= 1 else T
-    fs = np.empty((C, NSTATE_F), np.float64)
-    ist = np.empty((C, NSTATE_I), np.int64)
-    for c in prange(C):
-        reset_outputs(c, raw, bpnl, btr, bwin)
-        store_state(fs, ist, c, init_state(ts[0], capital[c]))
+    if (flags & WIN_FIRST) != 0:
+        for c in prange(C):
+            reset_outputs(c, raw, bpnl, btr, bwin)
+            store_state(fs, ist, c, init_state(ts[0], capital[c]))
     # The output arrays are passed as themselves, never through a tuple: with a tuple
     # (raw, bpnl, btr, bwin) numba 0.68's parfor lowering lost most writes made through it
     # (tests/test_kernel_chunks.py caught it). The read-only tuples are built per body.
@@ -129,13 +95,14 @@ def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, 
                    size_frac, max_qty, cooldown, fee_bps, latency, capital,
                    entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
             run_chunk(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, fs, ist)
-    for c in prange(C):
-        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
-                tr_start, tr_px, tr_qty, tr_side, mkt, bank)
-        cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
-               size_frac, max_qty, cooldown, fee_bps, latency, capital,
-               entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
-        finish_one(c, book, cfg, raw, bpnl, btr, bwin, fs, ist)
+    if (flags & WIN_LAST) != 0:
+        for c in prange(C):
+            book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+                    tr_start, tr_px, tr_qty, tr_side, mkt, bank)
+            cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+                   size_frac, max_qty, cooldown, fee_bps, latency, capital,
+                   entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
+            finish_one(c, book, cfg, raw, bpnl, btr, bwin, fs, ist)
 
 
 # On-disk cache keyed by all the sources above (kernels/cache.py); None: compiled in memory.

@@ -4,6 +4,8 @@ The thread runs `strategy.run_one` (an `njit(inline="always")` function that num
 compiles for the GPU) on the book and configuration tuples it builds from its arguments
 (kernels.BookArrays.as_args() + bank, the CONFIG_FIELDS arrays, the outputs). The caller
 sorts configurations by signal row so a warp reads one bank row (a broadcast load per tick).
+`window_cuda` runs one window of a streamed book (`strategy.run_window`: the state loaded
+from and stored back into device arrays between windows; kernels/stream.py).
 On a real GPU the arrays are CuPy arrays (passed through `__cuda_array_interface__`); under
 the simulator (NUMBA_ENABLE_CUDASIM=1) they are numpy arrays. `from numba import cuda` must
 stay a module-level import (the simulator swaps the `cuda` global of the kernel's module).
@@ -22,10 +24,12 @@ from gpu_engine.backend import simulator_enabled
 from gpu_engine.kernels import cache as _cache
 from gpu_engine.strategy import python_twin
 from gpu_engine.strategy import run_one as _compiled_run_one
+from gpu_engine.strategy import run_window as _compiled_run_window
 
 # Under the simulator the kernel body runs as Python on fake device arrays, which a compiled
 # njit function cannot unbox: it then calls the plain-Python twin of the same rules.
 run_one = python_twin("run_one") if simulator_enabled() else _compiled_run_one
+run_window = python_twin("run_window") if simulator_enabled() else _compiled_run_window
 
 THREADS_PER_BLOCK = 128
 
@@ -74,15 +78,39 @@ def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid
         run_one(c, book, cfg, raw, bpnl, btr, bwin)
 
 
+def _window_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+                 tr_start, tr_px, tr_qty, tr_side, mkt, bank,
+                 signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+                 size_frac, max_qty, cooldown, fee_bps, latency, capital,
+                 entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency,
+                 raw, bpnl, btr, bwin, fs, ist, flags):
+    """One window of a streamed book (kernels/stream.py): strategy.run_window, the state
+    carried between windows in the device arrays fs [C, NSTATE_F] and ist [C, NSTATE_I]."""
+    c = cuda.grid(1)
+    if c < signal.shape[0]:
+        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+                tr_start, tr_px, tr_qty, tr_side, mkt, bank)
+        cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
+               size_frac, max_qty, cooldown, fee_bps, latency, capital,
+               entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency)
+        run_window(c, book, cfg, raw, bpnl, btr, bwin, fs, ist, flags)
+
+
 sweep_cuda_pyfunc = _sweep_cuda  # the plain function, for cuda.compile_ptx (tests/test_ptx.py)
 sweep_cuda = cuda.jit(_sweep_cuda)
+window_cuda_pyfunc = _window_cuda
+window_cuda = cuda.jit(_window_cuda)
 DISK_CACHE = None if simulator_enabled() else _cache.enable(sweep_cuda, "cuda")
+if not simulator_enabled():
+    _cache.enable(window_cuda, "cuda")
 
 
-def launch(args: tuple, n: int) -> None:
-    """Run the kernel over n configurations (args in the sweep_cuda order) and wait."""
+def launch(args: tuple, n: int, kernel=None, sync: bool = True) -> None:
+    """Run `kernel` (default sweep_cuda; window_cuda for a streamed window) over n
+    configurations (args in its order) and, unless `sync` is false, wait for it."""
     if n == 0:
         return
     blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    sweep_cuda[blocks, THREADS_PER_BLOCK](*args)
-    cuda.synchronize()
+    (sweep_cuda if kernel is None else kernel)[blocks, THREADS_PER_BLOCK](*args)
+    if sync:
+        cuda.synchronize()
