@@ -77,15 +77,22 @@ def split_time(ts: np.ndarray, is_frac: float = 0.7, purge_frac: float = 0.01) -
         raise ValueError(f"purge_frac must be in [0, {1.0 - is_frac:g}), got {purge_frac}")
     if ts.size < 4:
         raise ValueError(f"need at least 4 ticks to split, got {ts.size}")
-    t0, t1 = int(ts[0]), int(ts[-1])
+    return split_counted(int(ts[0]), int(ts[-1]), ts.size, is_frac, purge_frac,
+                         lambda v: int(np.searchsorted(ts, v, side="left")))
+
+
+def split_counted(t0: int, t1: int, n: int, is_frac: float, purge_frac: float, count_before) -> TimeSplit:
+    """split_time's arithmetic from the first and last ts, the tick count and `count_before(v)`
+    (how many ticks have ts < v): the same split for a book in memory and for one streamed
+    from its stores (gpu_engine/stream.py)."""
     span = t1 - t0
     boundary = t0 + int(round(is_frac * span))
     oos_start = boundary + int(round(purge_frac * span))
-    i_end = int(np.searchsorted(ts, boundary, side="left"))
-    o_start = int(np.searchsorted(ts, oos_start, side="left"))
-    if i_end < 2 or ts.size - o_start < 2:
+    i_end = int(count_before(boundary))
+    o_start = int(count_before(oos_start))
+    if i_end < 2 or n - o_start < 2:
         raise ValueError("split leaves fewer than 2 ticks on one side")
-    return TimeSplit(slice(0, i_end), slice(o_start, ts.size), boundary, oos_start)
+    return TimeSplit(slice(0, i_end), slice(o_start, n), boundary, oos_start)
 
 
 def slice_book(book, sl: slice):

@@ -56,6 +56,10 @@ def add_data_args(p: argparse.ArgumentParser, *, data_required: bool = False) ->
     g.add_argument("--purge-frac", type=float, default=0.01,
                    help="gap between in- and out-of-sample, share of the span (default 0.01)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the data in flight, e.g. 2G or 512M (default: half of the memory "
+                        "available now): a data set whose whole load would not fit streams through memory "
+                        "in windows of rows, with the same results")
     market_settings.add_args(p)
     b = p.add_argument_group("the block history as a market (--data blocks)")
     b.add_argument("--bar", default=None, metavar="1d",
@@ -241,6 +245,7 @@ class Data:
     scale: np.ndarray  # per bank row: std of the row over the in-sample ticks (NaN ignored)
     device: str
     market: dict | None = None  # the bar market's description (--data blocks), else None
+    stream: object = None  # Streamed: the data set is read window by window (book/bank are its rows/DiskBank)
 
     def part(self, which: str):
         return (self.is_book, self.is_bank) if which == "is" else (self.oos_book, self.oos_bank)
@@ -272,6 +277,9 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
 
         log(f"generating the synthetic book store {book_path} ...")
         synth.ensure_default(book_path, blocks=blocks_path)
+    streamed = _load_streamed(args, spec, book_path, blocks_path, log)
+    if streamed is not None:
+        return streamed
     try:
         book = feature_cache.load_book(book_path, lambda: load_books(book_path))
     except InputError:
@@ -289,13 +297,7 @@ def load_data(args, space: space_mod.Space, log=print) -> Data:
     bank, _ = feature_cache.load_or_build(
         book_path, blocks_path, spec, backend.xp,
         lambda: build_bank(book, spec, xp=backend.xp, blocks=blocks_path))
-    vals = np.asarray(bank.to_host()[:, split.in_sample], dtype=np.float64)
-    with np.errstate(all="ignore"):
-        finite = np.isfinite(vals)
-        n = finite.sum(axis=1)
-        v = np.where(finite, vals, 0.0)
-        mean = v.sum(axis=1) / np.maximum(n, 1)
-        scale = np.sqrt((np.where(finite, (vals - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n - 1, 1))
+    scale = _in_sample_scale(bank, split)
     device = backend.name + (" (simulated)" if backend.simulated else "")
     return Data(book_path, blocks_path, book, bank, split,
                 validation.slice_book(book, split.in_sample), validation.slice_bank(bank, split.in_sample),
@@ -342,13 +344,120 @@ def _load_blocks_market(args, spec, path: Path, log) -> Data:
 
 
 def _in_sample_scale(bank, split) -> np.ndarray:
-    vals = np.asarray(bank.to_host()[:, split.in_sample], dtype=np.float64)
-    with np.errstate(all="ignore"):
-        finite = np.isfinite(vals)
-        n = finite.sum(axis=1)
-        v = np.where(finite, vals, 0.0)
-        mean = v.sum(axis=1) / np.maximum(n, 1)
-        return np.sqrt((np.where(finite, (vals - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n - 1, 1))
+    """Per bank row, the std of its finite in-sample values (gpu_engine.stream.row_scale: the same
+    bits whether the bank is in memory or streamed from disk)."""
+    from gpu_engine import stream
+
+    host = bank.to_host()
+    sl = split.in_sample
+    return stream.row_scale(lambda a, b: host[:, a:b], sl.start, sl.stop, int(host.shape[0]))
+
+
+@dataclass
+class Streamed:
+    """A data set read window by window (gpu_engine/stream.py) within `budget` bytes."""
+
+    rows: object       # gpu_engine.data.books.rows.StoreRows
+    bank: object       # gpu_engine.stream.DiskBank
+    budget: int
+    trades_per_row: float
+
+    def window(self, part_rows: int, configs: int, buckets: int) -> int:
+        from gpu_engine import stream
+
+        return stream.plan(part_rows, self.rows.depth, self.bank.K, configs, buckets, self.budget,
+                           self.trades_per_row).window_rows
+
+
+def _store_paths(book_path: Path) -> list[Path]:
+    from gpu_engine.data.books import collection
+
+    if is_store_set(book_path):
+        return [i.path for i in collection.check(collection.resolve(str(book_path)))[0]]
+    return [book_path]
+
+
+def _load_streamed(args, spec, book_path: Path, blocks_path: Path, log) -> "Data | None":
+    """The data set as a Streamed one when loading it whole would exceed the memory budget
+    (`--max-memory`, default half of the memory available now); None: load it whole."""
+    from gpu_engine import feature_cache, stream
+    from gpu_engine.backend import resolve
+    from gpu_engine.data.books.rows import StoreRows
+    from gpu_engine.features_stream import BankStream
+
+    try:
+        backend = resolve(args.device)
+    except RuntimeError as exc:
+        raise InputError(f"--device: value {args.device!r}: {exc}") from None
+    budget = (stream.parse_bytes(args.max_memory) if getattr(args, "max_memory", None)
+              else stream.default_budget(backend))
+    _STREAM_PROGRESS[0] = not getattr(args, "no_progress", False)
+    try:
+        rows = StoreRows(_store_paths(book_path))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{book_path}: --data: not a readable book store ({exc})") from None
+    trades = sum(p.trade_rows for p in rows.parts)
+    tpr = trades / max(1, rows.T)
+    K = BankStream(spec, depth=rows.depth, blocks=blocks_path).K
+    if stream.whole_load_bytes(rows.T, rows.depth, K, tpr) <= budget:
+        return None
+    if backend.is_cuda and not backend.simulated:
+        backend_note = " (the device holds one window at a time)"
+    else:
+        backend_note = ""
+    try:
+        split = stream.split_rows(rows, args.is_frac, args.purge_frac)
+    except ValueError as exc:
+        raise InputError(f"{book_path}: --data: {exc}") from None
+    window = stream.plan(rows.T, rows.depth, K, 1, 1, budget, tpr).window_rows
+    log(f"{book_path}: {rows.T:,} rows do not fit --max-memory {budget / 2 ** 20:,.0f} MiB whole: "
+        f"streaming them in windows of up to {window:,} rows{backend_note}")
+    bank = _streamed_bank(rows, spec, blocks_path, window, args, log)
+    sl = split.in_sample
+    scale = stream.row_scale(bank.read, sl.start, sl.stop, bank.K)
+    device = backend.name + (" (simulated)" if backend.simulated else "")
+    return Data(book_path, blocks_path, rows, bank, split, None, None, None, None, scale, device,
+                stream=Streamed(rows, bank, budget, tpr))
+
+
+def _streamed_bank(rows, spec, blocks_path: Path, window: int, args, log):
+    """The data set's feature bank on disk (gpu_engine.stream.DiskBank), built window by window
+    once per version of the stores and spec, in the feature cache folder (a temporary folder
+    for this process when the cache is off)."""
+    import atexit
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from gpu_engine import feature_cache, features, stream
+    from gpu_engine.kernels.cache import source_stamp
+
+    doc = {"format": "streamed bank v1", "stores": [feature_cache._stat_key(p.path) for p in rows.parts],
+           "blocks": feature_cache._stat_key(blocks_path), "spec": spec,
+           "source": source_stamp(features.__file__)}
+    key = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    where = feature_cache.folder()
+    if where is None:
+        where = Path(tempfile.mkdtemp(prefix="gpu-sweep-bank-"))
+        atexit.register(shutil.rmtree, where, True)
+    path = where / f"{key}.stream.npy"
+    if path.is_file() and stream.rows_sidecar(path).is_file():
+        try:
+            bank = stream.DiskBank(path)
+            if bank.T == rows.T:
+                return bank
+        except Exception:
+            pass
+    log(f"building the feature bank of {rows.T:,} rows window by window into {path} ...")
+    bar = progress(rows.T, "rows", getattr(args, "no_progress", False), desc="feature bank")
+    try:
+        return stream.DiskBank.build(rows, spec, path, window=window, blocks=blocks_path,
+                                     progress=bar.update)
+    finally:
+        bar.close()
 
 
 def configs_for(space: space_mod.Space, points: dict[str, np.ndarray], data: Data, cost: dict) -> dict:
@@ -381,14 +490,39 @@ def evaluate(data: Data, which: str, fields: dict, device: str, buckets: int,
     """
     import gpu_engine
 
-    book, bank = data.part(which)
     try:
-        ds = gpu_engine.sweep(book, bank, fields, device=device, buckets=buckets,
-                              **market_settings.sweep_kwargs(cost or {}))
+        if data.stream is not None:
+            ds = _evaluate_streamed(data, which, fields, device, buckets, cost)
+        else:
+            book, bank = data.part(which)
+            ds = gpu_engine.sweep(book, bank, fields, device=device, buckets=buckets,
+                                  **market_settings.sweep_kwargs(cost or {}))
     except ValueError as exc:  # refused input the checks before the launch did not catch
         raise InputError(f"{data.book_path}: {exc}") from None
     metrics = np.stack([np.asarray(ds[m].values, dtype=np.float64) for m in METRICS], axis=1)
     return metrics, np.asarray(ds["bucket_pnl"].values, dtype=np.float64)
+
+
+def _evaluate_streamed(data: Data, which: str, fields: dict, device: str, buckets: int, cost: dict | None):
+    """evaluate() on a Streamed data set: the part's rows window by window (rows done of rows
+    total on a progress bar unless --no-progress)."""
+    from gpu_engine import stream
+
+    sl = data.split.in_sample if which == "is" else data.split.out_sample
+    n = sl.stop - sl.start
+    C = len(fields["signal"])
+    window = data.stream.window(n, C, buckets)
+    bar = progress(n, "rows", not _STREAM_PROGRESS[0], desc=f"{which} rows", smoothing=0.3)
+    try:
+        return stream.sweep_stream(data.stream.rows, data.stream.bank, fields, part=(sl.start, sl.stop),
+                                   device=device, buckets=buckets, window=window, progress=bar.update,
+                                   **market_settings.sweep_kwargs(cost or {}))
+    finally:
+        bar.close()
+
+
+# whether streamed evaluations show a rows bar (set by the commands from --no-progress)
+_STREAM_PROGRESS = [False]
 
 
 def progress(total: int, unit: str, disable: bool, initial: int = 0, desc: str | None = None,
