@@ -39,8 +39,8 @@ NMARKET = len(MARKET_FIELDS)
 # The market array a kernel reads is the run-wide market above followed by its window of the
 # book (kernels.prepare_window; prepare_book: 0 and T): the global index of the window's
 # row 0 and the tick count of the whole book (exact in float64 below 2**53).
-WINDOW_FIELDS = ("offset", "total")
-M_OFFSET, M_TOTAL = NMARKET, NMARKET + 1
+WINDOW_FIELDS = ("offset", "total", "sorted")
+M_OFFSET, M_TOTAL, M_SORTED = NMARKET, NMARKET + 1, NMARKET + 2
 NKMARKET = NMARKET + len(WINDOW_FIELDS)
 CONTRACTS = ("linear", "inverse")
 # Queue position models (gpu_engine/queue.py); `queue_n` is the power model's exponent.

@@ -142,7 +142,18 @@ def test_level_size_at_arrival():
     """The size at an order's price: the size of the level(s) at its tick; 0 inside the
     displayed range without a level or better than the best; unknown (inf) beyond the deepest
     level or with nothing displayed. Empty levels (NaN price, size 0) are skipped."""
-    level_size = strategy.level_size.py_func
+    from gpu_engine.kernels import levels_sorted
+
+    def level_size(px, sz, t, k, tick, buy):
+        """The whole scan; where the side's levels are in order, the shortcuts agree."""
+        slow = strategy.level_size.py_func(px, sz, t, k, tick, buy, False)
+        none_px, none_sz = np.full_like(px, np.nan), np.zeros_like(sz)
+        ordered = (levels_sorted(px, sz, none_px, none_sz) if buy
+                   else levels_sorted(none_px, none_sz, px, sz))
+        if ordered:
+            assert strategy.level_size.py_func(px, sz, t, k, tick, buy, True) == slow
+        return slow
+
     bid_px = np.array([[100.0, np.nan, 99.0, 98.5]])
     bid_sz = np.array([[3.0, 0.0, 5.0, 2.0]], np.float32)
     tick = 0.5

@@ -61,7 +61,7 @@ def configs(K: int, C: int = 24, seed: int = 5) -> dict:
                             else mk[k][:half], mk[k][half:]]) for k in mk}
 
 
-@pytest.mark.parametrize("window", [1, 37, 700, 5000])
+@pytest.mark.parametrize("window", [11, 700, 5000])
 def test_windows_equal_the_loaded_data_set(data_set, window, monkeypatch):
     paths, whole = data_set
     monkeypatch.setattr(rows_mod, "TRADE_BLOCK", 16)  # the block search, not one block

@@ -126,20 +126,24 @@ def test_streamed_trading_case():
 def test_window_arrays_are_rows_of_the_book_arrays(seed, T, kind):
     """prepare_window's arrays are the rows of prepare_book's: the book, its top-of-book
     helpers (last-seen tops continued across windows) and every tick's trades."""
+    from gpu_engine.enums import M_OFFSET, M_SORTED, M_TOTAL, NMARKET
+
     rng = np.random.default_rng(seed)
     book, _ = random_v2_book(rng, T, 2)
     # blank level-0 prices over window boundaries (the last seen top comes from before)
     book.bid_px[rng.random(T) < 0.4, 0] = np.nan
     book.ask_px[rng.random(T) < 0.4, 0] = -1.0
     whole = kernels.prepare_book(book, CPU)
-    assert whole.whole and whole.mkt[-2:].tolist() == [0.0, float(T)]
+    assert whole.whole and whole.mkt[[M_OFFSET, M_TOTAL]].tolist() == [0.0, float(T)]
     names = ("ts", "bid_px", "ask_px", "bid_sz", "ask_sz", "bid0", "ask0", "pbid", "pask", "dbid", "dask")
     carry = None
     for rows, a, b in windows(rng, book, split_rows(rng, T, kind)):
         win, carry = kernels.prepare_window(rows, CPU, T, carry)
         assert (win.offset, win.total, win.T) == (a, T, b - a)
-        assert win.mkt[-2:].tolist() == [float(a), float(T)]
-        assert win.mkt[:-2].tobytes() == whole.mkt[:-2].tobytes()
+        assert win.mkt[[M_OFFSET, M_TOTAL]].tolist() == [float(a), float(T)]
+        assert win.mkt[:NMARKET].tobytes() == whole.mkt[:NMARKET].tobytes()
+        # the window's levels are in order when the whole book's are (a window may be, alone)
+        assert win.mkt[M_SORTED] >= whole.mkt[M_SORTED]
         for name in names:
             x, y = getattr(win, name), getattr(whole, name)[a:b]
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), (name, a, b)

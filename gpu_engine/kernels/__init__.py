@@ -93,6 +93,21 @@ def best_displayed(px, sz, bid: bool) -> np.ndarray:
     return np.where(np.isfinite(best), best, np.nan)
 
 
+def levels_sorted(bid_px, bid_sz, ask_px, ask_sz) -> bool:
+    """Whether, at every row, the displayed levels are in price order: bid prices non-increasing
+    and ask prices non-decreasing from level 0 on (undisplayed levels anywhere). Then level 0,
+    when displayed, is its side's best and the last level, when displayed, its deepest, and a
+    maker order's level search can stop early (strategy.level_size; same result either way)."""
+    with np.errstate(invalid="ignore"):
+        for px, sz, acc in ((bid_px, bid_sz, np.fmin), (ask_px, ask_sz, np.fmax)):
+            shown = np.isfinite(px) & (px > 0) & np.isfinite(sz) & (sz > 0)
+            p = np.where(shown, px, np.nan)
+            run = acc.accumulate(p, axis=1)
+            if not np.all(~shown | (p == run)):
+                return False
+    return True
+
+
 def trade_ranges(ts, trade_ts) -> np.ndarray:
     """int64 [T + 1]: the trades of tick t are k in [out[t], out[t + 1]). Trade k goes to the
     first tick with ts >= its time (np.searchsorted, side "left"); trades after the last
@@ -238,7 +253,8 @@ def prepare_window(book, backend: Backend, total: int, carry: Carry | None = Non
     base = default_market() if market is None else np.ascontiguousarray(market, dtype=np.float64)
     if base.shape != (NMARKET,):
         raise ValueError(f"market must be a float64 array of {NMARKET} values, got shape {base.shape}")
-    mkt = np.concatenate((base, np.array([g0, total], np.float64)))
+    mkt = np.concatenate((base, np.array([g0, total, float(levels_sorted(bid_px, bid_sz, ask_px, ask_sz))],
+                                         np.float64)))
     dev = backend.to_device
     arrays = BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
                         dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask),
