@@ -55,6 +55,16 @@ def _stat_key(path: Path | None) -> list:
     """Identity of a file or directory tree as of now (see the module doc); [] for None."""
     if path is None:
         return []
+    text = str(path)
+    if not Path(path).exists() and ("," in text or any(ch in text for ch in "*?[")):
+        # a data set of stores (a comma list or a glob): the identity of each store it names
+        from gpu_engine.data.books import collection
+
+        try:
+            stores = collection.resolve(text)
+        except Exception as exc:  # nothing matches: no key (the caller builds without the cache)
+            raise OSError(str(exc)) from None
+        return ["stores", [_stat_key(p) for p in stores]]
     path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     out = [str(path)]

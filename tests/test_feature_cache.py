@@ -165,3 +165,33 @@ def test_sha256_is_remembered_per_version_of_the_data(cache_dir, store):
     chunk = next(p for p in sorted(store.rglob("*")) if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes() + b"x")
     assert results.sha256_path(store) == results._sha256_path(store) != first
+
+
+def test_a_data_set_of_stores_is_cached_by_each_store(cache_dir, tmp_path):
+    """--data as a comma list or a glob of stores: one key for the same stores however named,
+    a hit on the second build, a miss once one store changes (it used to have no key at all,
+    so every run rebuilt the bank)."""
+    paths = []
+    for k in range(2):
+        book = random_book(T=60, L=2, seed=30 + k)
+        book.ts = book.ts + k * 10 ** 12
+        paths.append(write_store(tmp_path / f"d{k}.zarr", book))
+    comma = Path(",".join(str(p) for p in paths))
+    glob = Path(str(tmp_path / "d*.zarr"))
+    spec = [("imbalance1", {})]
+    assert feature_cache.key(comma, None, spec, "numpy") == feature_cache.key(glob, None, spec, "numpy")
+    calls = []
+
+    def build():
+        calls.append(1)
+        from gpu_engine.data.books.collection import load_many
+
+        return build_bank(load_many(paths), spec, xp=np)
+
+    _, hit = feature_cache.load_or_build(comma, None, spec, np, build)
+    _, hit2 = feature_cache.load_or_build(glob, None, spec, np, build)
+    assert (hit, hit2, len(calls)) == (False, True, 1)
+    before = feature_cache.key(comma, None, spec, "numpy")
+    os.utime(paths[1] / "zarr.json")
+    (paths[1] / "zarr.json").write_text((paths[1] / "zarr.json").read_text())
+    assert feature_cache.key(comma, None, spec, "numpy") != before
