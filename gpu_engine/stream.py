@@ -54,25 +54,6 @@ MIN_WINDOW = 256
 DEFAULT_FRACTION = 0.5
 
 
-MMAP_THRESHOLD = 256 << 10  # glibc: allocations above this are mapped and returned when freed
-
-
-def bound_malloc() -> None:
-    """Keep glibc's heap from holding on to freed window arrays: a fixed mmap threshold (glibc
-    otherwise raises it after each large free, so later windows' arrays come from a heap that
-    is not returned) and at most two malloc arenas (the reading thread would get its own).
-    Costs a page fault per large allocation; a no-op outside glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)               # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def parse_bytes(text, flag: str = "--max-memory") -> int:
     """'512M', '2G', '1.5GiB', '800MB', '1e9' or a plain number of bytes -> bytes (> 0)."""
     s = str(text).strip().upper().replace("IB", "").replace("B", "")
@@ -204,7 +185,6 @@ class DiskBank:
         from gpu_engine.outputs import tmp_sibling
 
         path = Path(path)
-        bound_malloc()
         stream = BankStream(spec, depth=rows.depth, xp=xp, blocks=blocks)
         K, T = stream.K, rows.T
         tmp = tmp_sibling(path)
@@ -338,7 +318,6 @@ def sweep_stream(rows, bank, configs, part: tuple[int, int] | None = None, devic
     )
 
     t_start = time.perf_counter()
-    bound_malloc()
     lo, hi = part if part is not None else (0, rows.T)
     lo, hi = int(lo), int(hi)
     if not (0 <= lo < hi <= rows.T):
