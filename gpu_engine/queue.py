@@ -47,7 +47,7 @@ def queue_f(x, model, n):
     """The probability weight f(x): x^n (power) or ln(1 + x) (log)."""
     if model == QUEUE_POWER:
         return x ** n
-    return math.log(1.0 + x)
+    return math.log1p(x)  # ln(1 + x), as the oracle computes it (more exact near 0)
 
 
 @inline
@@ -72,14 +72,15 @@ def queue_depth(qa, prev, cum, new, model, n):
     if chg < 0, qa = min(qa, new); else with front = qa and back = prev - front,
     prob = f(back) / (f(back) + f(front)) and
     qa = min(front - (1 - prob) chg + min(back - prob chg, 0), new).
-    An unknown `new` skips the update (nothing changes); an unknown `prev`, or a queue ahead
-    already below 0 (the model may move the order past the front; it then fills only on a
-    trade at its price), gives min(qa, new). Returns (qa, prev, cum).
+    The estimate is never below 0. An unknown `new` skips the update (nothing changes); an
+    unknown `prev` gives min(qa, new) and keeps cum. Returns (qa, prev, cum).
     """
     if not new < INF:
         return qa, prev, cum
-    if model == QUEUE_RISK_AVERSE or not prev < INF or qa < 0.0:
-        return min(qa, new), new, 0.0
+    if model == QUEUE_RISK_AVERSE or not prev < INF:
+        # risk averse; or an unknown previous size: cum is kept (docs/RULES.md: the text resets
+        # it only with chg; keeping it under-counts the next decrease, the conservative side)
+        return min(qa, new), new, cum
     chg = prev - new - cum
     if chg <= 0.0:
         # chg == 0 (no change but what traded): the formula gives front - 0 + min(back, 0) =
@@ -88,8 +89,10 @@ def queue_depth(qa, prev, cum, new, model, n):
     front = qa
     back = prev - front
     prob = queue_prob(front, back, model, n)
-    est = front - (1.0 - prob) * chg + min(back - prob * chg, 0.0)
-    return min(est, new), new, 0.0
+    est = min(front - (1.0 - prob) * chg + min(back - prob * chg, 0.0), new)
+    # never below 0 (docs/RULES.md): nothing is ahead of less than nobody, and a negative
+    # estimate would let a later trade at the price fill more than its own quantity
+    return max(est, 0.0), new, 0.0
 
 
 QUEUE_FUNCTIONS = ("queue_arrive", "queue_trade", "queue_f", "queue_prob", "queue_depth")
