@@ -14,8 +14,9 @@ under `/usr/bin/time -v`, each a fresh process with its own kernel cache already
 3. whole: the whole data set with a budget above its whole load (the in-memory path).
 
 Prints the peak resident set of each, the streamed peak minus the fixed overhead (that process,
-plus the decompressed zarr chunks one window read holds: two chunks of the widest array) against
-the budget, and whether the two cubes are identical (xarray.testing.assert_identical, attrs aside).
+plus the one store chunk the window reads decompress into: a chunk of the widest array and its
+compressed bytes, gpu_engine/data/books/chunks.py) against the budget, and whether the two
+cubes are identical (xarray.testing.assert_identical, attrs aside).
 """
 from __future__ import annotations
 
@@ -104,18 +105,21 @@ def main(argv=None) -> int:
     except AssertionError as exc:
         same = f"DIFFERENT: {str(exc)[:300]}"
     mib = 2 ** 20
-    # the decompressed zarr chunks a window read holds at once: one chunk of the widest array,
-    # twice (a window that straddles two chunks), a fixed cost of the stores' layout
+    # the chunk buffers the window reads reuse: one chunk of the widest array decompressed, and
+    # the largest compressed chunk file, a fixed cost of the stores' layout
     arr = rows.parts[0].group["bid_px"]
-    chunk = 2 * int(arr.chunks[0]) * int(arr.shape[1]) * arr.dtype.itemsize
-    print(f"zarr read buffers: 2 x a {int(arr.chunks[0]):,}-row chunk of bid_px = {chunk / mib:,.0f} MiB")
+    packed = max((f.stat().st_size for p in paths for f in (p / "bid_px" / "c").rglob("*") if f.is_file()),
+                 default=0)
+    chunk = int(arr.chunks[0]) * int(arr.shape[1]) * arr.dtype.itemsize + packed
+    print(f"store chunk buffers: a {int(arr.chunks[0]):,}-row chunk of bid_px decompressed and compressed "
+          f"= {chunk / mib:,.0f} MiB")
     print("| run | wall (s) | peak RSS (MiB) |")
     print("|---|---|---|")
     print(f"| fixed overhead (0.1 h store, loaded whole) | {w0:.1f} | {fixed / mib:,.0f} |")
     print(f"| streamed, --max-memory {a.budget} | {w1:.1f} | {streamed / mib:,.0f} |")
     print(f"| whole load | {w2:.1f} | {loaded / mib:,.0f} |")
     over = streamed - fixed - chunk
-    print(f"streamed peak - fixed overhead ({fixed / mib:,.0f} MiB process + {chunk / mib:,.0f} MiB zarr buffers) "
+    print(f"streamed peak - fixed overhead ({fixed / mib:,.0f} MiB process + {chunk / mib:,.0f} MiB chunk buffers) "
           f"= {over / mib:,.0f} MiB against a budget of {budget / mib:,.0f} MiB "
           f"({'within' if over <= budget else 'OVER'}); whole load - process = {(loaded - fixed) / mib:,.0f} MiB; "
           f"cubes {same}")

@@ -15,10 +15,22 @@ window is read and prepared in a background thread while the current one runs (t
 release the GIL). A part's trades are those `validation.slice_book` keeps: published at or after
 the part's first row.
 
+Memory that stays put across windows and runs: one long-lived reader thread does the reading
+for every run of the process (`prefetched`; a second thread only while two runs overlap), and
+every window is read into one of two window buffers (`WindowSlots`: the book fields, the trades,
+the bank columns) allocated for the largest window and reused, the reader filling one while
+the kernels read the other, and the store chunks are decompressed into one reused buffer
+(gpu_engine/data/books/chunks.py). The buffers are kept for the next run (a grid's evaluations
+reuse them; `reserve_buffers` sizes them for the largest window up front, `release_buffers()`
+frees them). New threads, zarr's pool threads and fresh window and chunk arrays each window
+left the allocator holding freed memory in many arenas and raised glibc's mmap threshold, which
+then inflated every later allocation (benchmarks/RESULTS.md, issue 12).
+
 `DiskBank.build` runs the feature bank over the whole data set window by window
 (gpu_engine/features_stream.py: each window's rolling sums carry the history they need, so the
-columns equal the one-shot bank's bits) and writes it to one `.npy` file, [T, K] float32, through
-a temporary file renamed when complete; `read(g0, g1)` reads a window's columns with one
+columns equal the one-shot bank's bits; the windows read on the reader thread into the same
+buffers) and writes it to one `.npy` file, [T, K] float32, through a temporary file renamed
+when complete; `read(g0, g1)` reads a window's columns with one
 positioned read (no memory map: mapped pages would count as the process's memory).
 
 The budget (`plan`): `--max-memory` bytes for the data in flight (two windows: the one running and
@@ -29,6 +41,7 @@ Default: half of the memory available now (and, on a GPU, no more than half of i
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue as queue_mod
@@ -137,8 +150,13 @@ class ArrayBank:
         self.names = list(names if names is not None else getattr(values, "names", []) or [])
         self.K, self.T = (int(x) for x in self.values.shape)
 
-    def read(self, g0: int, g1: int) -> np.ndarray:
-        return np.ascontiguousarray(self.values[:, g0:g1])
+    def read(self, g0: int, g1: int, out: np.ndarray | None = None, scratch=None) -> np.ndarray:
+        """float32 [K, g1 - g0]: columns [g0, g1) (into `out`, [K, g1 - g0] C-contiguous, when
+        given; `scratch` is DiskBank's and unused here)."""
+        if out is None:
+            return np.ascontiguousarray(self.values[:, g0:g1])
+        np.copyto(out, self.values[:, g0:g1])
+        return out
 
 
 class DiskBank:
@@ -165,16 +183,27 @@ class DiskBank:
 
         return FeatureBank(None, self.rows).index(name, **params)
 
-    def read(self, g0: int, g1: int) -> np.ndarray:
-        """float32 [K, g1 - g0]: the bank's columns of rows [g0, g1)."""
+    def read(self, g0: int, g1: int, out: np.ndarray | None = None,
+             scratch: np.ndarray | None = None) -> np.ndarray:
+        """float32 [K, g1 - g0]: the bank's columns of rows [g0, g1). `out` ([K, g1 - g0]
+        C-contiguous float32) receives them and `scratch` (float32, at least (g1 - g0) * K
+        values) the rows as stored, when given: then nothing is allocated."""
         if not (0 <= g0 <= g1 <= self.T):
             raise ValueError(f"rows [{g0}, {g1}) outside the bank's {self.T:,} rows")
-        n = (g1 - g0) * self.K * 4
-        with open(self.path, "rb") as fh:
-            buf = os.pread(fh.fileno(), n, self.offset + g0 * self.K * 4)
-        if len(buf) != n:
+        n = g1 - g0
+        raw = np.empty(n * self.K, np.float32) if scratch is None else scratch[:n * self.K]
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [memoryview(raw).cast("B")], self.offset + g0 * self.K * 4)
+        finally:
+            os.close(fd)
+        if got != raw.nbytes:
             raise InputError(f"{self.path}: truncated streamed feature bank")
-        return np.ascontiguousarray(np.frombuffer(buf, np.float32).reshape(g1 - g0, self.K).T)
+        rows = raw.reshape(n, self.K).T
+        if out is None:
+            return np.ascontiguousarray(rows)
+        np.copyto(out, rows)
+        return out
 
     @classmethod
     def build(cls, rows, spec, path, window: int, blocks=None, xp=None,
@@ -187,19 +216,29 @@ class DiskBank:
         path = Path(path)
         stream = BankStream(spec, depth=rows.depth, xp=xp, blocks=blocks)
         K, T = stream.K, rows.T
+        window = max(1, min(int(window), T))
+        bounds = [(g0, min(T, g0 + window)) for g0 in range(0, T, window)]
+        slots = _take_slots(rows, K, window)  # kept for the sweeps that follow
+
+        def produce(i):  # on the reader thread, while the previous window's features run
+            return rows.read(*bounds[i], out=slots.book[i % 2])
+
         tmp = tmp_sibling(path)
         try:
             with open(tmp, "wb") as fh:
                 np.lib.format.write_array_header_1_0(
                     fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                          "fortran_order": False, "shape": (T, K)})
-                for g0 in range(0, T, window):
-                    g1 = min(T, g0 + window)
-                    vals = stream.feed(rows.read(g0, g1))
+                for i, book in enumerate(prefetched(produce, len(bounds), depth=1)):
+                    g0, g1 = bounds[i]
+                    vals = stream.feed(book)
                     vals = np.asarray(getattr(vals, "get", lambda: vals)(), dtype=np.float32)
-                    fh.write(np.ascontiguousarray(vals.T).tobytes())
+                    out = slots.scratch[:(g1 - g0) * K].reshape(g1 - g0, K)
+                    np.copyto(out, vals.T)
+                    fh.write(memoryview(out).cast("B"))
                     if progress:
                         progress(g1 - g0)
+            _keep_slots(slots)
             side = rows_sidecar(path)
             side_tmp = tmp_sibling(side)
             side_tmp.write_text(json.dumps(stream.rows))
@@ -238,62 +277,208 @@ def split_rows(rows, is_frac: float, purge_frac: float):
 
 
 SCALE_CHUNK = 1 << 16  # columns per step of row_scale: fixed, so the result never depends on a budget
+SCALE_PIECE = 1 << 13  # columns per read inside a step
 
 
 def row_scale(read, lo: int, hi: int, K: int) -> np.ndarray:
     """Per bank row, the sample standard deviation (ddof 1) of its finite values over columns
     [lo, hi), read SCALE_CHUNK columns at a time by `read(a, b)` -> [K, b - a]: sums run in that
-    fixed order, so a bank in memory and one read from disk give the same bits."""
+    fixed order, so a bank in memory and one read from disk give the same bits. Each step's
+    columns are read SCALE_PIECE at a time into one reused float32 buffer and summed one bank
+    row at a time (the same bits as summing the [K, n] block along its rows): the temporaries
+    are one row of a step in float64, not the block."""
     n = np.zeros(K, np.int64)
     total = np.zeros(K, np.float64)
-    for a in range(lo, hi, SCALE_CHUNK):
-        v = np.asarray(read(a, min(hi, a + SCALE_CHUNK)), dtype=np.float64)
-        finite = np.isfinite(v)
-        n += finite.sum(axis=1)
-        total += np.where(finite, v, 0.0).sum(axis=1)
+    block = np.empty(K * min(SCALE_CHUNK, max(0, hi - lo)), np.float32)
+    for v in _scale_steps(read, lo, hi, K, block):
+        for k in range(K):
+            x = v[k].astype(np.float64)
+            finite = np.isfinite(x)
+            n[k] += finite.sum()
+            total[k] += np.where(finite, x, 0.0).sum()
     with np.errstate(all="ignore"):
         mean = total / np.maximum(n, 1)
         sq = np.zeros(K, np.float64)
-        for a in range(lo, hi, SCALE_CHUNK):
-            v = np.asarray(read(a, min(hi, a + SCALE_CHUNK)), dtype=np.float64)
-            finite = np.isfinite(v)
-            sq += np.where(finite, (v - mean[:, None]) ** 2, 0.0).sum(axis=1)
+        for v in _scale_steps(read, lo, hi, K, block):
+            for k in range(K):
+                x = v[k].astype(np.float64)
+                sq[k] += np.where(np.isfinite(x), (x - mean[k]) ** 2, 0.0).sum()
         return np.sqrt(sq / np.maximum(n - 1, 1))
 
 
-def prefetched(produce: Callable[[int], object], count: int, depth: int = 1):
-    """Yield produce(0), produce(1), ..., produce(count - 1), each computed in a background
-    thread up to `depth` items ahead of the consumer; an exception is raised at its item."""
-    q: queue_mod.Queue = queue_mod.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+def _scale_steps(read, lo: int, hi: int, K: int, block: np.ndarray):
+    """row_scale's steps: [K, n] float32 views of `block` holding columns [a, a + n)."""
+    for a in range(lo, hi, SCALE_CHUNK):
+        b = min(hi, a + SCALE_CHUNK)
+        v = block[:K * (b - a)].reshape(K, b - a)
+        for c in range(a, b, SCALE_PIECE):
+            d = min(b, c + SCALE_PIECE)
+            v[:, c - a:d - a] = read(c, d)
+        yield v
 
-    def work():
-        for i in range(count):
-            if stop.is_set():
+
+class WindowSlots:
+    """The two window buffers of a streamed run (module doc): window i is read into slot
+    i % 2, each the book fields and trades of up to `rows` rows (rows.WindowBuffer) and
+    the bank's columns of those rows. The two share one ChunkReader and the scratch a
+    DiskBank read passes through (the reader thread fills one slot at a time)."""
+
+    def __init__(self, store_rows, K: int, rows: int, chunks=None):
+        from gpu_engine.data.books.chunks import ChunkReader
+        from gpu_engine.data.books.rows import WindowBuffer
+
+        self.rows, self.K = max(1, int(rows)), int(K)
+        self.key = _slots_key(store_rows, K)
+        self.chunks = ChunkReader() if chunks is None else chunks
+        self.book = [WindowBuffer(store_rows, self.rows, self.chunks) for _ in range(2)]
+        self.bank = [np.empty(self.K * self.rows, np.float32) for _ in range(2)]
+        self.scratch = np.empty(self.K * self.rows, np.float32)  # one: read, then copied out
+
+    def bank_out(self, i: int, n: int) -> np.ndarray:
+        """Slot i % 2's bank columns of an n-row window: [K, n], C-contiguous."""
+        return self.bank[i % 2][:self.K * n].reshape(self.K, n)
+
+
+def _slots_key(store_rows, K: int) -> tuple:
+    return (int(store_rows.depth), int(K),
+            tuple(str(p.book[name].dtype) for p in store_rows.parts[:1] for name in ("ts", "bid_px", "bid_sz")))
+
+
+_FREE_SLOTS: list[WindowSlots] = []
+_SLOTS_LOCK = threading.Lock()
+
+
+def _take_slots(store_rows, K: int, rows: int) -> WindowSlots:
+    """Window buffers for windows of up to `rows` rows: the kept ones when they fit, else new
+    ones of that size (with the kept ones' ChunkReader: its chunk buffers stay)."""
+    key = _slots_key(store_rows, K)
+    chunks = None
+    with _SLOTS_LOCK:
+        for k, slots in enumerate(_FREE_SLOTS):
+            if slots.key == key:
+                del _FREE_SLOTS[k]
+                if slots.rows >= rows:
+                    return slots
+                chunks = slots.chunks
+                break
+    return WindowSlots(store_rows, K, rows, chunks)
+
+
+def _keep_slots(slots: WindowSlots) -> None:
+    with _SLOTS_LOCK:
+        _FREE_SLOTS.insert(0, slots)
+        del _FREE_SLOTS[2:]  # two runs at a time at most keep theirs
+
+
+def reserve_buffers(store_rows, K: int, rows: int) -> None:
+    """Allocate the window buffers of windows of up to `rows` rows now and keep them for the
+    runs to come: a caller that knows its largest window (sweeps/_common.py: the plan of one
+    configuration) then never has them replaced by bigger ones half-way."""
+    _keep_slots(_take_slots(store_rows, K, rows))
+
+
+def release_buffers() -> None:
+    """Free the window buffers kept for the next streamed run."""
+    with _SLOTS_LOCK:
+        _FREE_SLOTS.clear()
+
+
+class _Reader:
+    """A long-lived background thread that runs the reading jobs of `prefetched`, one at a
+    time, and goes back to the idle list after each."""
+
+    def __init__(self):
+        self.jobs: queue_mod.Queue = queue_mod.Queue()
+        self.thread = threading.Thread(target=self._loop, name="window-reader", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
                 return
             try:
-                item = (produce(i), None)
-            except BaseException as exc:  # handed to the consumer
-                item = (None, exc)
-            q.put(item)
-            if item[1] is not None:
-                return
+                job()
+            finally:
+                with _READERS_LOCK:
+                    _IDLE_READERS.append(self)
 
-    thread = threading.Thread(target=work, name="window-prefetch", daemon=True)
-    thread.start()
+
+_IDLE_READERS: list[_Reader] = []
+_READERS_LOCK = threading.Lock()
+
+
+def _submit(job: Callable[[], None]) -> None:
+    """Run `job` on an idle reader thread (a new one only when every reader is busy)."""
+    with _READERS_LOCK:
+        reader = _IDLE_READERS.pop() if _IDLE_READERS else None
+    if reader is None:
+        reader = _Reader()
+    reader.jobs.put(job)
+
+
+@atexit.register
+def _stop_readers(timeout: float = 1.0) -> None:
+    """Stop the idle reader threads (at exit)."""
+    with _READERS_LOCK:
+        readers = list(_IDLE_READERS)
+        _IDLE_READERS.clear()
+    for r in readers:
+        r.jobs.put(None)
+    for r in readers:
+        r.thread.join(timeout)
+
+
+def reader_threads() -> int:
+    """How many reader threads are alive (idle or busy)."""
+    return sum(1 for t in threading.enumerate() if t.name == "window-reader")
+
+
+def prefetched(produce: Callable[[int], object], count: int, depth: int = 1):
+    """Yield produce(0), produce(1), ..., produce(count - 1), each computed on a long-lived
+    reader thread up to `depth` items ahead of the consumer; an exception is raised at its
+    item. produce(i + depth + 1) starts only once the consumer has asked for item i + 1, so
+    an item (and any buffer it lives in) stays untouched until then: at most depth + 1 items
+    exist at a time (window buffers used round robin, i % (depth + 1), are never overwritten
+    while in use). Closing the generator (or an error, or Ctrl-C in the consumer) stops the
+    reader after the item it is computing and waits for that."""
+    q: queue_mod.Queue = queue_mod.Queue()
+    tokens = threading.Semaphore(max(1, depth) + 1)
+    stop = threading.Event()
+    done = threading.Event()
+
+    def work():
+        try:
+            for i in range(count):
+                while not tokens.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                try:
+                    item = (produce(i), None)
+                except BaseException as exc:  # handed to the consumer
+                    item = (None, exc)
+                q.put(item)
+                if item[1] is not None:
+                    return
+        finally:
+            done.set()
+
+    if count <= 0:
+        return
+    _submit(work)
     try:
-        for _ in range(count):
+        for k in range(count):
+            if k:
+                tokens.release()  # the consumer is through with item k - 1
             item, exc = q.get()
             if exc is not None:
                 raise exc
             yield item
     finally:
         stop.set()
-        while thread.is_alive():  # let a blocked put finish
-            try:
-                q.get_nowait()
-            except queue_mod.Empty:
-                thread.join(0.05)
+        done.wait()
 
 
 def sweep_stream(rows, bank, configs, part: tuple[int, int] | None = None, device: str = "auto",
@@ -344,10 +529,12 @@ def sweep_stream(rows, bank, configs, part: tuple[int, int] | None = None, devic
     first_ns = int(rows.read_ts(lo, lo + 1)[0])
     bounds = [(g0, min(hi, g0 + window)) for g0 in range(lo, hi, window)]
     last_ts = [None]
+    slots = _take_slots(rows, bank.K, min(window, T))
 
     def produce(i):
         g0, g1 = bounds[i]
-        book = rows.read(g0, g1, trades=maker, since_ns=first_ns if g0 == lo else None)
+        book = rows.read(g0, g1, trades=maker, since_ns=first_ns if g0 == lo else None,
+                         out=slots.book[i % 2])
         try:
             validate_book(book, allow_crossed=allow_crossed)
             if maker:
@@ -358,12 +545,14 @@ def sweep_stream(rows, bank, configs, part: tuple[int, int] | None = None, devic
         if last_ts[0] is not None and int(book.ts[0]) < last_ts[0]:
             raise ValueError(f"book.ts is not non-decreasing at row {g0:,}")
         last_ts[0] = int(book.ts[-1])
-        return g1 - g0, stream.prepare(book), bank.read(g0, g1)
+        cols = bank.read(g0, g1, out=slots.bank_out(i, g1 - g0), scratch=slots.scratch)
+        return g1 - g0, stream.prepare(book), cols
 
-    for n, prepared, cols in prefetched(produce, len(bounds)):
+    for n, prepared, cols in prefetched(produce, len(bounds), depth=1):
         stream.feed(prepared, cols)
         if progress:
             progress(n)
+    _keep_slots(slots)  # the reader is through with them (after an error they are dropped)
     raw, bpnl, btr, bwin = stream.finish()
     inv = np.empty_like(order)
     inv[order] = np.arange(C)

@@ -414,6 +414,7 @@ def _load_streamed(args, spec, book_path: Path, blocks_path: Path, log) -> "Data
     window = stream.plan(rows.T, rows.depth, K, 1, 1, budget, tpr).window_rows
     log(f"{book_path}: {rows.T:,} rows do not fit --max-memory {budget / 2 ** 20:,.0f} MiB whole: "
         f"streaming them in windows of up to {window:,} rows{backend_note}")
+    stream.reserve_buffers(rows, K, window)  # the largest window: no evaluation replaces them
     bank = _streamed_bank(rows, spec, blocks_path, window, args, log)
     sl = split.in_sample
     scale = stream.row_scale(bank.read, sl.start, sl.stop, bank.K)

@@ -208,3 +208,82 @@ def test_bad_or_too_small_budget_is_one_line(data_set, grid_inputs, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 2 and "--max-memory" in err and words in err and "Traceback" not in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_window_buffer_reuse_equals_fresh_reads(data_set, tmp_path):
+    """Consecutive windows of different sizes (a long one, then shorter ones, across stores)
+    read into one WindowBuffer equal fresh reads: nothing of a longer earlier window shows in a
+    shorter later one, and the trade arrays grow when a window holds more."""
+    paths, whole = data_set
+    r = rows_mod.StoreRows(paths)
+    buf = rows_mod.WindowBuffer(r, 900)
+    edges = [0, 900, 905, 1400, 1401, 1800, 2000]
+    for g0, g1 in zip(edges, edges[1:]):
+        got, want = r.read(g0, g1, out=buf), r.read(g0, g1)
+        for name in rows_mod.BOOK_FIELDS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+            assert np.shares_memory(getattr(got, name), buf.book[name])
+        for name in ("ts", "px", "qty", "side", "match_ts"):
+            np.testing.assert_array_equal(getattr(got.trades, name), getattr(want.trades, name), err_msg=name)
+    with pytest.raises(ValueError, match="does not fit"):
+        r.read(0, 901, out=buf)
+    bank = stream.DiskBank.build(r, SPEC, tmp_path / "bank.npy", window=300)
+    out, scratch = np.empty(bank.K * 900, np.float32), np.empty(bank.K * 900, np.float32)
+    for g0, g1 in zip(edges, edges[1:]):
+        if g1 - g0 <= 900:
+            view = out[:bank.K * (g1 - g0)].reshape(bank.K, g1 - g0)
+            assert bank.read(g0, g1, out=view, scratch=scratch) is view
+            np.testing.assert_array_equal(view, bank.read(g0, g1))
+
+
+def test_streamed_runs_reuse_one_reader_and_their_buffers(data_set):
+    """Several streamed sweeps in a row (windows large then small, so the kept buffers are
+    reused with room to spare and a short last window follows a full one) start no thread
+    per run, and each equals the whole-book sweep."""
+    import threading
+
+    paths, whole = data_set
+    fb = build_bank(whole, SPEC, xp=np)
+    r = rows_mod.StoreRows(paths)
+    bank = stream.ArrayBank(np.asarray(fb.values), fb.names)
+    cfg = configs(bank.K, C=8)
+    market = dict(tick_size=0.01, lot_size=0.001, queue="power")
+    want = gpu_engine.sweep(whole, fb, cfg, device="cpu", buckets=4, **market)
+    stream.release_buffers()
+    counts = []
+    for window in (900, 300, 7, 1999, 2000):
+        got = stream.sweep_stream(r, bank, cfg, device="cpu", buckets=4, window=window, **market)
+        _same(got, want)
+        counts.append((threading.active_count(), stream.reader_threads()))
+    assert counts[0][1] == 1 and len(set(counts)) == 1, counts
+    assert len(stream._FREE_SLOTS) == 1 and stream._FREE_SLOTS[0].rows == 2000
+
+
+def test_prefetch_leaves_an_item_alone_until_the_next_is_asked_for():
+    """produce(i + 2) starts only once the consumer asked for item i + 1 (two buffers used
+    round robin are never written while read), and the reader thread outlives the run."""
+    import threading
+    import time
+
+    log = []
+
+    def produce(i):
+        log.append(("made", i))
+        return i
+
+    for i in stream.prefetched(produce, 6, depth=1):
+        time.sleep(0.02)  # the reader would run ahead if it could
+        log.append(("used", i))
+    for i in range(6):
+        made = log.index(("made", i))
+        if i >= 2:
+            assert log.index(("used", i - 2)) < made, log
+    before = stream.reader_threads()
+    gen = stream.prefetched(produce, 100)
+    assert next(gen) == 0
+    gen.close()  # stops the reader after its item; it goes back to the idle list
+    deadline = time.time() + 5
+    while stream._IDLE_READERS == [] and time.time() < deadline:
+        time.sleep(0.01)
+    assert stream.reader_threads() == before >= 1
+    assert all(t.daemon for t in threading.enumerate() if t.name == "window-reader")
