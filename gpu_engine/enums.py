@@ -42,6 +42,15 @@ NMARKET = len(MARKET_FIELDS)
 WINDOW_FIELDS = ("offset", "total", "sorted")
 M_OFFSET, M_TOTAL, M_SORTED = NMARKET, NMARKET + 1, NMARKET + 2
 NKMARKET = NMARKET + len(WINDOW_FIELDS)
+# Per-row summaries of the book and the tape the kernels read beside the levels
+# (kernels.row_summary, float64 [T, NROWSUM] in this order): each side's deepest displayed
+# price (the lowest displayed bid, the highest displayed ask; NaN when the side displays
+# nothing), the lowest price among the tick's sell-aggressor trades (those that hit resting
+# buy orders; +inf: none) and the highest among its buy-aggressor trades (-inf: none). They
+# let a resting maker order skip a tick's trades and level search when neither can reach it.
+ROWSUM_FIELDS = ("bid_deep", "ask_deep", "sell_lo", "buy_hi")
+RS_BID_DEEP, RS_ASK_DEEP, RS_SELL_LO, RS_BUY_HI = range(4)
+NROWSUM = len(ROWSUM_FIELDS)
 CONTRACTS = ("linear", "inverse")
 # Queue position models (gpu_engine/queue.py); `queue_n` is the power model's exponent.
 QUEUE_RISK_AVERSE, QUEUE_POWER, QUEUE_LOG = 0, 1, 2

@@ -1,8 +1,8 @@
 """Queue position models of a resting maker order (rules v2), as scalar numba functions.
 
-Like strategy.py, every function here is `@numba.njit(inline="always")` plain scalar code
-that both kernels inline (numba-cuda compiles it for the GPU) and whose plain-Python twin
-runs under the CUDA simulator; strategy.py calls them from the rules of a live maker order.
+Like strategy.py, every function here is plain scalar numba code (`@numba.njit(inline="always")`,
+but queue_prob, a called function) that both kernels use (numba-cuda compiles it for the GPU)
+and whose plain-Python twin runs under the CUDA simulator; strategy.py calls them from the rules of a live maker order.
 The models are hftbacktest's (`models/queue.rs`): `RiskAdverseQueueModel` and
 `ProbQueueModel` with `PowerProbQueueFunc` (f(x) = x^n) or `LogProbQueueFunc`
 (f(x) = ln(1 + x)).
@@ -50,10 +50,15 @@ def queue_f(x, model, n):
     return math.log1p(x)  # ln(1 + x), as the oracle computes it (more exact near 0)
 
 
-@inline
+@numba.njit(nogil=True)
 def queue_prob(front, back, model, n):
     """f(back) / (f(back) + f(front)): the share of a depth decrease that happened behind the
-    order; 1 when the denominator is 0 (or the ratio is not a number, inf / inf)."""
+    order; 1 when the denominator is 0 (or the ratio is not a number, inf / inf).
+
+    Called, not inlined: queue_depth is inlined at two places of the rules (a resting order's
+    tick and the whole order of work), and this is its one costly part (pow, log1p), run only
+    when the depth fell by more than traded; one compiled copy keeps the kernels' compile
+    time and code size down."""
     fb = queue_f(back, model, n)
     den = fb + queue_f(front, model, n)
     if den == 0.0:

@@ -29,6 +29,9 @@ includes the ticks of earlier windows) (the `book` tuple, in order):
   (the kernel then falls back to the entry price);
   dbid/dask float64 [T]: the best displayed price (highest displayed bid, lowest displayed
   ask; NaN when the side displays nothing): post-only checks and crossing fills;
+  rsum float64 [T, NROWSUM] (enums.ROWSUM_FIELDS, kernels.row_summary): each side's
+  deepest displayed price and the tick's extreme trade prices by aggressor (a resting
+  maker order's level search and trades start from them);
   tr_start int64 [T + 1]: the trades of tick t are tr_start[t] <= k < tr_start[t + 1]
   (trade k goes to the first tick with ts >= its time); tr_px float64, tr_qty float64,
   tr_side int8 (+1 buyer-, -1 seller-initiated) [N >= 1];
@@ -99,6 +102,10 @@ from gpu_engine.enums import (
     R_TAKER_FILLS,
     R_TRADES,
     R_WINS,
+    RS_ASK_DEEP,
+    RS_BID_DEEP,
+    RS_BUY_HI,
+    RS_SELL_LO,
 )
 from gpu_engine.queue import QUEUE_FUNCTIONS, queue_arrive, queue_depth, queue_trade
 
@@ -110,6 +117,9 @@ BPS = 1e-4
 # yet arrived; MST_LIVE = resting in the book; MST_CANCEL (a flag added to either) = a
 # cancel is on its way.
 MST_NONE, MST_FLIGHT, MST_LIVE, MST_CANCEL = 0, 1, 2, 4
+# What a maker order's tick asks of the size at its price (run_ticks): nothing, the depth
+# update of a live order, or the queue position of an arriving one.
+LOOK_NONE, LOOK_DEPTH, LOOK_ARRIVE = 0, 1, 2
 
 inline = numba.njit(inline="always")
 
@@ -143,6 +153,24 @@ def floor_units(q, lot):
 def to_tick(x, tick):
     """The integer price tick of price x: round(x / tick_size), half to even."""
     return round(x / tick)
+
+
+@inline
+def tick_cmp(x, k, tick):
+    """The sign of to_tick(x) - k (-1, 0 or 1) for a price x > 0 (+inf and -inf compare as
+    beyond every tick). A price more than 3/4 of a tick from k's is on its side of k without
+    the division: x > (k + 3/4) tick gives x / tick > k + 1/2, which rounds to k + 1 or more;
+    only a price near k's tick is converted."""
+    if x > (k + 0.75) * tick:
+        return 1
+    if x < (k - 0.75) * tick:
+        return -1
+    d = to_tick(x, tick) - k
+    if d > 0:
+        return 1
+    if d < 0:
+        return -1
+    return 0
 
 
 @inline
@@ -239,32 +267,13 @@ def exit_walk(px, sz, t, qty, sell, inv):
 
 
 @inline
-def level_size(px, sz, t, k, tick, buy, srt):
+def level_size(px, sz, t, k, tick, buy):
     """The displayed size at price tick k on one side of tick t (bids for a buy order, asks
-    for a sell): the sum of the displayed levels at tick k; 0 when k is better than the side's
-    best displayed price or inside the displayed range without a level; +inf (unknown) when
-    k lies beyond the deepest displayed level or nothing is displayed.
-
-    Only levels within one tick of k's price are converted to ticks (round(p / tick) == k
-    needs |p - k * tick| <= tick / 2); the best and deepest ticks are the ticks of the
-    highest and lowest displayed prices (tick() is monotonic). `srt`: the book's displayed
-    levels are in price order at every row (kernels.levels_sorted); then a displayed last
-    level beyond which k lies, or a displayed level 0 behind which k lies, answers at once,
-    and the scan stops at the first displayed level past k (no later one can be at k, and
-    one past k means k is not beyond the deepest): the same answer as the whole scan."""
+    for a sell), as the rules define it: the sum of the displayed levels at tick k; 0 when k
+    is better than the side's best displayed price or inside the displayed range without a
+    level; +inf (unknown) when k lies beyond the deepest displayed level or nothing is
+    displayed. The whole scan: the definition `level_search` is tested against."""
     L = px.shape[1]
-    if srt:
-        pd = px[t, L - 1]
-        if displayed(pd, float(sz[t, L - 1])):
-            kd = to_tick(pd, tick)
-            if (buy and k < kd) or (not buy and k > kd):
-                return INF
-        pb = px[t, 0]
-        if displayed(pb, float(sz[t, 0])):
-            kb = to_tick(pb, tick)
-            if (buy and k > kb) or (not buy and k < kb):
-                return 0.0
-    kp = k * tick
     hi = -INF
     lo = INF
     size = 0.0
@@ -272,26 +281,150 @@ def level_size(px, sz, t, k, tick, buy, srt):
         p = px[t, l]
         s = float(sz[t, l])
         if displayed(p, s):
-            if p > hi:
-                hi = p
-            if p < lo:
-                lo = p
-            if abs(p - kp) <= tick:
-                if to_tick(p, tick) == k:
-                    size += s
-            elif srt and ((buy and p < kp) or (not buy and p > kp)):
-                break
+            hi = max(hi, p)
+            lo = min(lo, p)
+            if to_tick(p, tick) == k:
+                size += s
     if not lo < INF:
         return INF
     if size > 0.0:
         return size
-    if buy:
-        if k < to_tick(lo, tick):
-            return INF
-    else:
-        if k > to_tick(hi, tick):
-            return INF
+    if (buy and k < to_tick(lo, tick)) or (not buy and k > to_tick(hi, tick)):
+        return INF
     return 0.0
+
+
+@inline
+def level_bound(best, deep, k, tick, buy):
+    """What a side's best and deepest displayed prices (NaN: nothing displayed;
+    kernels.row_summary) alone say of the size at price tick k: +inf (unknown: nothing
+    displayed, or k beyond the deepest level), 0.0 (k better than the best), or -1.0 (k
+    inside the displayed range: the levels must be searched). The price tick is monotonic
+    in the price, so no level can be at k outside [deepest tick, best tick]."""
+    if not best > 0.0:
+        return INF
+    if buy:
+        if tick_cmp(deep, k, tick) > 0:
+            return INF
+        if tick_cmp(best, k, tick) < 0:
+            return 0.0
+    else:
+        if tick_cmp(deep, k, tick) < 0:
+            return INF
+        if tick_cmp(best, k, tick) > 0:
+            return 0.0
+    return -1.0
+
+
+@inline
+def level_side(p, k, tick, buy):
+    """Where a displayed level at price p lies against price tick k on its side: > 0 better
+    than k (nearer the touch), 0 at k, < 0 behind k (tick_cmp, signed for the side)."""
+    d = tick_cmp(p, k, tick)
+    if buy:
+        return d
+    return -d
+
+
+@inline
+def level_at_hint(pb, sb, pa, sa, pc, sc, first, last, k, tick, buy):
+    """The size at price tick k from three consecutive levels of a side whose displayed levels
+    are in price order (before, at and after a hint: prices and sizes; `first`: the middle
+    one is level 0, nothing before it; `last`: it is the last level, nothing after it), or
+    -1.0 when they do not settle it. Settled: the middle level displayed at k, after a
+    displayed level better than k (or none) and before a displayed level behind k (or none):
+    its size; the middle level displayed behind k after a displayed level better than k (or
+    none): 0, no level is at k. Scalars only (run_ticks reads the three levels itself: no
+    array arguments to an inlined function)."""
+    if not displayed(pa, sa):
+        return -1.0
+    if not first and not (displayed(pb, sb) and level_side(pb, k, tick, buy) > 0):
+        return -1.0
+    g = level_side(pa, k, tick, buy)
+    if g < 0:
+        return 0.0
+    if g == 0 and (last or (displayed(pc, sc) and level_side(pc, k, tick, buy) < 0)):
+        return sa
+    return -1.0
+
+
+@numba.njit(nogil=True)
+def level_search(bid_px, bid_sz, ask_px, ask_sz, t, k, tick, buy, srt, best, deep, hint):
+    """level_size of the order's side (the bids for a buy, the asks for a sell: both sides'
+    arrays are passed, so that the rules call this at one place whichever the side), with
+    the side's best and deepest displayed prices at tick t (`best`, `deep`) and, for
+    a book whose displayed levels are in price order at every row (`srt`,
+    kernels.levels_sorted), a search from level `hint` (any index in [0, L): the answer does
+    not depend on it; the first level at or behind k last time is a good one, books move
+    little between rows). Returns (size, the new hint). Same answer as level_size: in price
+    order the displayed levels at k are consecutive among the displayed ones, summed here in
+    level order as the whole scan sums them."""
+    size = level_bound(best, deep, k, tick, buy)
+    if not size < 0.0:
+        return size, hint
+    if buy:
+        px = bid_px
+        sz = bid_sz
+    else:
+        px = ask_px
+        sz = ask_sz
+    L = px.shape[1]
+    size = 0.0
+    if not srt:
+        for l in range(L):
+            p = px[t, l]
+            s = float(sz[t, l])
+            if displayed(p, s) and level_side(p, k, tick, buy) == 0:
+                size += s
+        return size, hint
+    # a displayed level at or behind k from the hint on (wrapping round: the deepest
+    # displayed level is at or behind k, as k is inside the displayed range) ...
+    f = -1
+    gf = 0
+    sf = 0.0
+    l = hint
+    for _ in range(L):
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            g = level_side(p, k, tick, buy)
+            if g <= 0:
+                f = l
+                gf = g
+                sf = s
+                break
+        l += 1
+        if l == L:
+            l = 0
+    if f < 0:
+        return 0.0, hint
+    # ... then back to the first such level (every displayed level before it is better) ...
+    l = f - 1
+    while l >= 0:
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            g = level_side(p, k, tick, buy)
+            if g > 0:
+                break
+            f = l
+            gf = g
+            sf = s
+        l -= 1
+    if gf < 0:
+        return 0.0, f
+    # ... and the displayed levels at k from there on
+    size = sf
+    l = f + 1
+    while l < L:
+        p = px[t, l]
+        s = float(sz[t, l])
+        if displayed(p, s):
+            if level_side(p, k, tick, buy) < 0:
+                break
+            size += s
+        l += 1
+    return size, f
 
 
 @inline
@@ -301,10 +434,23 @@ def crosses(opp_best, k, tick, buy):
     arrival, crossing fill while live)."""
     if not opp_best > 0.0:
         return False
-    kb = to_tick(opp_best, tick)
     if buy:
-        return kb <= k
-    return kb >= k
+        return tick_cmp(opp_best, k, tick) <= 0
+    return tick_cmp(opp_best, k, tick) >= 0
+
+
+@inline
+def trades_reach(reach, k, tick, buy):
+    """Whether any trade of a tick can hit a maker order at price tick k: its extreme
+    aggressor price `reach` (kernels.row_summary: the lowest sell-aggressor price for a buy
+    order, +inf when none; the highest buy-aggressor price for a sell, -inf when none) is at
+    or through k. When not, trade_hit would leave the order as it is for every trade of the
+    tick (the price tick is monotonic in the price)."""
+    if not reach == reach:
+        return True  # not a number (no valid tape has one): read the trades as the rules do
+    if buy:
+        return tick_cmp(reach, k, tick) <= 0
+    return tick_cmp(reach, k, tick) >= 0
 
 
 @inline
@@ -571,8 +717,8 @@ def mark_value(equity, cash, sgn, qopen, unit, p, mult, inv, fees):
 def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
     """Configuration c over ticks [t0, t1) (RULES.md order of work); returns the new state.
 
-    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, tr_start,
-    tr_px, tr_qty, tr_side, mkt, bank); cfg = the configuration arrays in enums.CONFIG_FIELDS
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
+    tr_start, tr_px, tr_qty, tr_side, mkt, bank); cfg = the configuration arrays in enums.CONFIG_FIELDS
     order; raw, bpnl, btr, bwin = the outputs; st = the state tuple (NSTATE_F floats,
     NSTATE_I integers; see above). Tuples, because CPython compiles a call with more than
     30 arguments to CALL_FUNCTION_EX, which numba cannot inline. Running [0, T) in one call
@@ -585,12 +731,22 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
     order arriving (post-only check, queue position); decisions; the mark.
 
     Most ticks of most configurations are flat with nothing in flight (an entry decision, no
-    mark: the mark of a flat tick is the equity) or in a position with no order of any kind
-    (an exit decision and the mark): those run in two tight inner loops, which the compiler
-    keeps in registers; every other tick runs the whole order of work above. Both paths read
-    the same rule functions (entry_side, exit_reason, top_price, mark_value, ...).
+    mark: the mark of a flat tick is the equity), in a position with no order of any kind
+    (an exit decision and the mark), or have one maker order resting alone that nothing can
+    reach at this tick (no trade of the tick at or through its price and no crossing book,
+    by kernels.row_summary; its time in force not run out; no exit decided): only its queue
+    and the mark move. Those run in three tight inner loops, which the compiler keeps in
+    registers; every other tick runs the whole order of work above. Every path reads the
+    same rule functions (entry_side, exit_reason, trades_reach, crosses, level_search,
+    queue_depth, mark_value, ...).
+
+    The size at a resting order's price (level_size, for the queue model) is searched from
+    the side's bounds (level_bound), then, for levels in price order, from the three levels
+    around the last answer (level_at_hint: books move little between rows), and only then
+    by level_search, a called function on the CPU (inlining it at each place cost several
+    times the kernel's compile time).
     """
-    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
      tr_start, tr_px, tr_qty, tr_side, mkt, bank) = book
     (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
      size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -639,6 +795,8 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
     qmodel = int(mkt[M_QUEUE])
     qn = mkt[M_QUEUE_N]
     srt = mkt[M_SORTED] != 0.0
+    hint = 0  # level_search's starting level (any level gives the same answer)
+    L = bid_px.shape[1]
 
     t = t0
     while t < t1:
@@ -715,6 +873,67 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     break
             continue
 
+        if mst == MST_LIVE and t > mtick and (state == IN_POSITION or state == ENTRY_WORKING):
+            # a maker order resting alone (the entry, or the take profit of an open position):
+            # every tick at which no trade or crossing book can reach it, its time in force
+            # has not run out (an entry) and no exit is decided (a position) changes only its
+            # queue (the depth update) and the mark; the first tick at which any of those can
+            # happen runs the whole order of work below, which reads the same rule functions
+            opening = state == ENTRY_WORKING
+            buy = (pos > 0) == opening
+            while t < t1:
+                if buy:
+                    reach = rsum[t, RS_SELL_LO]
+                    opp_best = dask[t]
+                    own_best = dbid[t]
+                    own_deep = rsum[t, RS_BID_DEEP]
+                else:
+                    reach = rsum[t, RS_BUY_HI]
+                    opp_best = dbid[t]
+                    own_best = dask[t]
+                    own_deep = rsum[t, RS_ASK_DEEP]
+                if trades_reach(reach, mk, tick, buy) or crosses(opp_best, mk, tick, buy):
+                    break
+                if pos > 0:
+                    p = pbid[t]
+                else:
+                    p = pask[t]
+                p = top_price(p, e)
+                if opening:
+                    if float(ts[t] - marr) >= tif:
+                        break
+                else:
+                    held = 0.0
+                    if use_time:
+                        held = float(ts[t] - ets)
+                    if exit_reason(pos * (p - e), stop_thr, INF, held, mh, float(bank[srow, t]),
+                                   pos, ex) >= 0:
+                        break
+                # the size at the order's price: the bounds, then (levels in price order) the
+                # levels around the last search's answer, then the whole search (same answer)
+                new = level_bound(own_best, own_deep, mk, tick, buy)
+                if new < 0.0 and srt:
+                    hb = max(hint - 1, 0)
+                    hc = min(hint + 1, L - 1)
+                    if buy:
+                        pb, sb, pa, sa = bid_px[t, hb], bid_sz[t, hb], bid_px[t, hint], bid_sz[t, hint]
+                        pc, sc = bid_px[t, hc], bid_sz[t, hc]
+                    else:
+                        pb, sb, pa, sa = ask_px[t, hb], ask_sz[t, hb], ask_px[t, hint], ask_sz[t, hint]
+                        pc, sc = ask_px[t, hc], ask_sz[t, hc]
+                    new = level_at_hint(pb, float(sb), pa, float(sa), pc, float(sc), hint == 0,
+                                        hint == L - 1, mk, tick, buy)
+                if new < 0.0:
+                    new, hint = level_search(bid_px, bid_sz, ask_px, ask_sz, t, mk, tick, buy, srt,
+                                             own_best, own_deep, hint)
+                qa, qprev, qcum = queue_depth(qa, qprev, qcum, new, qmodel, qn)
+                if qopen > 0.0:
+                    m = mark_value(equity, cash, pos * sigma, qopen, unit, p, mult, inv, fees)
+                    peak, trough, max_dd = drawdown(m, peak, trough, max_dd)
+                t += 1
+            if t >= t1:
+                continue
+
         # any other tick: the whole order of work
         start = state
         done = False  # the entry completes at t
@@ -768,6 +987,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                                                    mult, inv, qopen, cash, fees)
                     close = True
                     mst = MST_NONE  # a resting take profit goes with the trade
+        look = LOOK_NONE
         if mst != MST_NONE:
             opening = state == ENTRY_WORKING
             buy = (pos > 0) == opening
@@ -790,6 +1010,14 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                     aggressor = -1
                 j = tr_start[t]
                 j1 = tr_start[t + 1]
+                # none of the tick's trades can reach the order's price (kernels.row_summary):
+                # nothing to read (trade_hit would leave everything as it is)
+                if buy:
+                    reach = rsum[t, RS_SELL_LO]
+                else:
+                    reach = rsum[t, RS_BUY_HI]
+                if not trades_reach(reach, mk, tick, buy):
+                    j = j1
                 crossed = False
                 while oq > 0.0:
                     q = 0.0
@@ -813,12 +1041,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                         raw[c, R_FEES_MAKER] += fee
                         oq = oq - q
                 if oq > 0.0:
-                    # (3) the depth update of the queue model
-                    if buy:
-                        new = level_size(bid_px, bid_sz, t, mk, tick, True, srt)
-                    else:
-                        new = level_size(ask_px, ask_sz, t, mk, tick, False, srt)
-                    qa, qprev, qcum = queue_depth(qa, qprev, qcum, new, qmodel, qn)
+                    look = LOOK_DEPTH  # (3) the depth update of the queue model (below)
                 if opening:
                     if qopen > q0:
                         if not q0 > 0.0:
@@ -854,14 +1077,25 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
                         reason = EXIT_TAKE
                         target = ts[t] + lat
                 else:
-                    if buy:
-                        here = level_size(bid_px, bid_sz, t, mk, tick, True, srt)
-                    else:
-                        here = level_size(ask_px, ask_sz, t, mk, tick, False, srt)
-                    qa, qprev, qcum = queue_arrive(here)
+                    look = LOOK_ARRIVE  # its place in the queue (below)
                     mst = MST_LIVE | (mst & MST_CANCEL)
                     mtick = t
                     marr = ts[t]
+            if look != LOOK_NONE:
+                # the size at the order's price, read at one place for (3) and (4): nothing
+                # else in tick t reads the queue state, so when it is written makes no difference
+                if buy:
+                    own_best = dbid[t]
+                    own_deep = rsum[t, RS_BID_DEEP]
+                else:
+                    own_best = dask[t]
+                    own_deep = rsum[t, RS_ASK_DEEP]
+                size, hint = level_search(bid_px, bid_sz, ask_px, ask_sz, t, mk, tick, buy, srt,
+                                          own_best, own_deep, hint)
+                if look == LOOK_DEPTH:
+                    qa, qprev, qcum = queue_depth(qa, qprev, qcum, size, qmodel, qn)
+                else:
+                    qa, qprev, qcum = queue_arrive(size)
         if done:
             (state, ets, stop_thr, take_thr, mst, mk, mtick, marr,
              oq) = entry_complete(c, raw, t, ts, pos, e, qopen, unit, sl, tp, maker_tp, tick, lat,
@@ -924,7 +1158,7 @@ def run_ticks(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, st):
 def finish_config(c, book, cfg, raw, bpnl, btr, bwin, st):
     """After the last tick: close what is open and write max_dd and the final equity
     (arguments as for run_ticks; the book's arrays must hold its last tick)."""
-    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+    (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
      tr_start, tr_px, tr_qty, tr_side, mkt, bank) = book
     (equity, peak, trough, max_dd, qopen, e, cash, fees, stop_thr, take_thr, oq, qa, qprev, qcum,
      state, pos, fts, ets, reason, target, next_entry, ftick, mst, mk, mtick, marr, mcan) = st
@@ -1048,7 +1282,7 @@ def run_window(c, book, cfg, raw, bpnl, btr, bwin, fs, ist, flags):
 
 @inline
 def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
-               tr_start, tr_px, tr_qty, tr_side, mkt, bank,
+               rsum, tr_start, tr_px, tr_qty, tr_side, mkt, bank,
                signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                size_frac, max_qty, cooldown, fee_bps, latency, capital,
                entry_type, entry_offset, entry_tif, tp_type, maker_fee_bps, cancel_latency,
@@ -1056,7 +1290,7 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, db
     """run_one with every array as its own argument (kernels.BookArrays.as_args() + bank, the
     configuration arrays in enums.CONFIG_FIELDS order, the outputs): for callers from Python
     (more than 30 arguments: a kernel calls run_one with tuples instead)."""
-    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+    book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
             tr_start, tr_px, tr_qty, tr_side, mkt, bank)
     cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
            size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -1065,12 +1299,27 @@ def run_config(c, ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, db
 
 
 _RULE_FUNCTIONS = ("displayed", "value", "floor_units", "to_tick", "entry_walk", "exit_walk",
-                   "level_size", "crosses", "top_price", "exit_reason", "entry_side", "book_fill",
-                   "entry_price", "taker_fill", "trade_hit", "book_trade",
+                   "tick_cmp", "level_size", "level_bound", "level_side", "level_at_hint", "level_search", "crosses", "trades_reach",
+                   "top_price", "exit_reason", "entry_side", "book_fill", "entry_price", "taker_fill", "trade_hit", "book_trade",
                    "close_trade", "first_fill_ts", "window_offset", "book_ticks", "last_tick",
                    "drawdown", "entry_complete", "reset_outputs", "init_state", "mark_value",
                    "run_ticks", "finish_config", "run_one", "load_state", "store_state",
                    "run_window", "run_config") + QUEUE_FUNCTIONS
+
+
+def _twins(wrap):
+    """Every rule function (this module's and gpu_engine/queue.py's) rebuilt from its code
+    object as wrap(function), in a namespace where each name is its rebuilt twin."""
+    import types
+
+    from gpu_engine import queue
+
+    namespace = dict(vars(queue))
+    namespace.update(globals())
+    for fn in _RULE_FUNCTIONS:
+        code = namespace[fn].py_func.__code__
+        namespace[fn] = wrap(types.FunctionType(code, namespace, fn))
+    return namespace
 
 
 def python_twin(name: str = "run_config"):
@@ -1081,13 +1330,15 @@ def python_twin(name: str = "run_config"):
     (this module's and gpu_engine/queue.py's) is its own twin, so the simulated kernel runs
     exactly this text.
     """
-    import types
+    return _twins(lambda f: f)[name]
 
-    from gpu_engine import queue
 
-    namespace = dict(vars(queue))
-    namespace.update(globals())
-    for fn in _RULE_FUNCTIONS:
-        code = namespace[fn].py_func.__code__
-        namespace[fn] = types.FunctionType(code, namespace, fn)
-    return namespace[name]
+def inlined_twin(name: str = "run_one"):
+    """The same rule function with every rule function it calls compiled inline
+    (`njit(inline="always")`), for the CUDA kernel. On the CPU a few costly, rarely taken
+    helpers (level_search, queue.queue_prob) are called rather than inlined, which keeps the
+    kernel's compile time down; numba-cuda turns a called njit function into a device
+    function, whose compilation asks the current device for its compute capability, so
+    `cuda.compile_ptx` without a GPU (tests/test_ptx.py) could not compile the kernel. The
+    text is the same: only numba's inlining differs."""
+    return _twins(numba.njit(inline="always"))[name]

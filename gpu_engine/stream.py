@@ -102,8 +102,9 @@ def default_budget(backend=None) -> int:
 def row_bytes(depth: int, K: int, trades_per_row: float = 0.0) -> int:
     """Bytes of one row of a window as the kernels and the bank read it: prices (float64) and
     sizes (float32) of both sides, ts and seq, six top-of-book helpers and the trade range
-    (float64/int64), the bank's K float32 columns, and its trades (33 bytes each)."""
-    return int(depth * 2 * (8 + 4) + 16 + 7 * 8 + 4 * K + 33 * trades_per_row + 0.999)
+    (float64/int64), the row summary (kernels.row_summary: 4 float64), the bank's K float32
+    columns, and its trades (33 bytes each)."""
+    return int(depth * 2 * (8 + 4) + 16 + 11 * 8 + 4 * K + 33 * trades_per_row + 0.999)
 
 
 @dataclass

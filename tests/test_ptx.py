@@ -21,7 +21,9 @@ from numba import cuda
 
 from gpu_engine.enums import CONFIG_FIELDS, NRAW
 from gpu_engine.kernels import BOOK_DTYPES
-from gpu_engine.queue import queue_prob
+from gpu_engine.strategy import inlined_twin
+
+queue_prob = inlined_twin("queue_prob")  # as the CUDA kernel inlines it
 
 
 def _ptxas() -> Path | None:
@@ -38,8 +40,9 @@ def kernel_signature():
     f64_2 = numba.typeof(np.zeros((1, 1), np.float64))
     f32_2 = numba.typeof(np.zeros((1, 1), np.float32))
     i32_2 = numba.typeof(np.zeros((1, 1), np.int32))
-    # kernels.BookArrays.as_args(): the level arrays (indices 1-4) are [T, L], the rest 1-D
-    book = tuple(numba.typeof(np.zeros((1, 1) if k in (1, 2, 3, 4) else 1, dt))
+    # kernels.BookArrays.as_args(): the level arrays (indices 1-4) are [T, L], the row
+    # summary rsum (index 11) [T, NROWSUM], the rest 1-D
+    book = tuple(numba.typeof(np.zeros((1, 1) if k in (1, 2, 3, 4, 11) else 1, dt))
                  for k, dt in enumerate(BOOK_DTYPES))
     cfg = tuple(numba.typeof(np.zeros(1, dt)) for dt, _ in CONFIG_FIELDS.values())
     out = (f64_2, f64_2, i32_2, i32_2)
@@ -78,10 +81,17 @@ def compile_and_assemble(tmp: Path, kernel: str = "sweep") -> str:
         ptx, _ = cuda.compile_ptx(window_cuda_pyfunc, window_kernel_signature(), cc=(9, 0))
     assert ".target sm_90" in ptx
     # no contracted multiply-adds: the GPU rounds like the CPU kernel (kernels/cuda.py,
-    # -fma=0). The fma.rn.f64 left are libdevice's own, inside pow and log of the power and
-    # log queue models (gpu_engine/queue.py): exactly as many as in a kernel that calls
-    # nothing but queue.queue_prob.
-    assert ptx.count("fma.rn.f64") == libdevice_fmas(), ptx.count("fma.rn.f64")
+    # -fma=0). With -fma=0 NVVM writes every f64 multiply, add and subtract of the rules with
+    # an explicit rounding mode (mul.rn.f64 ...), which ptxas never fuses; without it, it
+    # fuses some into fma.rn.f64 and leaves the rest as plain mul.f64 / add.f64 / sub.f64,
+    # which ptxas may still contract. So: no plain f64 multiply, add or subtract at all, and
+    # the fma.rn.f64 left are libdevice's own (pow and log1p of the power and log queue
+    # models, gpu_engine/queue.py), at most as many as in a kernel that calls nothing but
+    # queue.queue_prob times the two places the rules inline queue_depth.
+    plain = re.findall(r"\b(?:mul|add|sub)\.f64\b", ptx)
+    assert not plain, plain[:5]
+    assert ptx.count("mul.rn.f64") > 0
+    assert ptx.count("fma.rn.f64") <= 2 * libdevice_fmas(), ptx.count("fma.rn.f64")
     src = tmp / "sweep.ptx"
     src.write_text(ptx)
     ptxas = _ptxas()

@@ -152,16 +152,24 @@ def test_level_size_at_arrival():
     """The size at an order's price: the size of the level(s) at its tick; 0 inside the
     displayed range without a level or better than the best; unknown (inf) beyond the deepest
     level or with nothing displayed. Empty levels (NaN price, size 0) are skipped."""
-    from gpu_engine.kernels import levels_sorted
+    from gpu_engine.enums import RS_ASK_DEEP, RS_BID_DEEP
+    from gpu_engine.kernels import best_displayed, levels_sorted, row_summary
 
     def level_size(px, sz, t, k, tick, buy):
-        """The whole scan; where the side's levels are in order, the shortcuts agree."""
-        slow = strategy.level_size.py_func(px, sz, t, k, tick, buy, False)
+        """The whole scan; the kernels' search (bounds, then from any starting level where the
+        side's levels are in order) agrees."""
+        slow = strategy.level_size.py_func(px, sz, t, k, tick, buy)
         none_px, none_sz = np.full_like(px, np.nan), np.zeros_like(sz)
-        ordered = (levels_sorted(px, sz, none_px, none_sz) if buy
-                   else levels_sorted(none_px, none_sz, px, sz))
-        if ordered:
-            assert strategy.level_size.py_func(px, sz, t, k, tick, buy, True) == slow
+        args = (px, sz, none_px, none_sz) if buy else (none_px, none_sz, px, sz)
+        ordered = levels_sorted(*args)
+        rsum = row_summary(*args, np.zeros(px.shape[0] + 1, np.int64), np.zeros(1), np.zeros(1, np.int8))
+        best = best_displayed(px, sz, buy)[t]
+        deep = rsum[t, RS_BID_DEEP if buy else RS_ASK_DEEP]
+        for srt in {False, ordered}:
+            for hint in range(px.shape[1]):
+                sides = (px, sz, none_px, none_sz) if buy else (none_px, none_sz, px, sz)
+                fast, _ = strategy.level_search.py_func(*sides, t, k, tick, buy, srt, best, deep, hint)
+                assert fast == slow or (fast == INF and slow == INF)
         return slow
 
     bid_px = np.array([[100.0, np.nan, 99.0, 98.5]])

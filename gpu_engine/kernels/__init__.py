@@ -36,7 +36,12 @@ from gpu_engine.enums import (
     M_TICK,
     NMARKET,
     NRAW,
+    NROWSUM,
     QUEUE_RISK_AVERSE,
+    RS_ASK_DEEP,
+    RS_BID_DEEP,
+    RS_BUY_HI,
+    RS_SELL_LO,
 )
 
 FIELDS = tuple(CONFIG_FIELDS)
@@ -108,6 +113,40 @@ def levels_sorted(bid_px, bid_sz, ask_px, ask_sz) -> bool:
     return True
 
 
+def row_summary(bid_px, bid_sz, ask_px, ask_sz, tr_start, tr_px, tr_side) -> np.ndarray:
+    """float64 [T, NROWSUM] (enums.ROWSUM_FIELDS): per tick, each side's deepest displayed
+    price (NaN: none displayed) and the extreme prices of the tick's trades by aggressor
+    (the lowest sell-aggressor price, +inf when none; the highest buy-aggressor price, -inf
+    when none). Read by a resting maker order (strategy.level_size, run_ticks): the price
+    tick is monotonic in the price, so comparing an order's tick with the tick of these
+    extremes tells exactly whether any level or trade of the tick can be at or through it."""
+    T = int(np.shape(bid_px)[0])
+    out = np.empty((T, NROWSUM), np.float64)
+    if T == 0:
+        return out
+    with np.errstate(invalid="ignore"):
+        for px, sz, col, acc, none in ((bid_px, bid_sz, RS_BID_DEEP, np.min, np.inf),
+                                       (ask_px, ask_sz, RS_ASK_DEEP, np.max, -np.inf)):
+            px = np.asarray(px, dtype=np.float64)
+            sz = np.asarray(sz, dtype=np.float64)
+            shown = np.isfinite(px) & (px > 0) & np.isfinite(sz) & (sz > 0)
+            deep = acc(np.where(shown, px, none), axis=1)
+            out[:, col] = np.where(np.isfinite(deep), deep, np.nan)
+    out[:, RS_SELL_LO] = np.inf
+    out[:, RS_BUY_HI] = -np.inf
+    tr_start = np.asarray(tr_start, dtype=np.int64)
+    m = int(tr_start[-1])
+    if m > 0:
+        tick_of = np.repeat(np.arange(T), np.diff(tr_start))
+        px = np.asarray(tr_px, dtype=np.float64)[:m]
+        side = np.asarray(tr_side)[:m]
+        sell = side == -1
+        np.minimum.at(out[:, RS_SELL_LO], tick_of[sell], px[sell])
+        buy = side == 1
+        np.maximum.at(out[:, RS_BUY_HI], tick_of[buy], px[buy])
+    return out
+
+
 def trade_ranges(ts, trade_ts) -> np.ndarray:
     """int64 [T + 1]: the trades of tick t are k in [out[t], out[t + 1]). Trade k goes to the
     first tick with ts >= its time (np.searchsorted, side "left"); trades after the last
@@ -147,6 +186,7 @@ class BookArrays:
     pask: object
     dbid: object
     dask: object
+    rsum: object
     tr_start: object
     tr_px: object
     tr_qty: object
@@ -166,7 +206,7 @@ class BookArrays:
 
     def as_args(self) -> tuple:
         return (self.ts, self.bid_px, self.ask_px, self.bid_sz, self.ask_sz,
-                self.bid0, self.ask0, self.pbid, self.pask, self.dbid, self.dask,
+                self.bid0, self.ask0, self.pbid, self.pask, self.dbid, self.dask, self.rsum,
                 self.tr_start, self.tr_px, self.tr_qty, self.tr_side, self.mkt)
 
 
@@ -249,6 +289,7 @@ def prepare_window(book, backend: Backend, total: int, carry: Carry | None = Non
         tr_side = np.zeros(1, np.int8)
     # trades after the book's last row go to no tick
     rest = _no_trades() if g0 + n == total else tuple(a[m:] for a in held)
+    rsum = row_summary(bid_px, bid_sz, ask_px, ask_sz, tr_start, tr_px, tr_side)
 
     base = default_market() if market is None else np.ascontiguousarray(market, dtype=np.float64)
     if base.shape != (NMARKET,):
@@ -257,7 +298,7 @@ def prepare_window(book, backend: Backend, total: int, carry: Carry | None = Non
                                          np.float64)))
     dev = backend.to_device
     arrays = BookArrays(dev(ts), dev(bid_px), dev(ask_px), dev(bid_sz), dev(ask_sz),
-                        dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask),
+                        dev(bid0), dev(ask0), dev(pbid), dev(pask), dev(dbid), dev(dask), dev(rsum),
                         dev(tr_start), dev(tr_px), dev(tr_qty), dev(tr_side), dev(mkt),
                         offset=g0, total=total)
     after = Carry(offset=g0 + n, last_ts=int(ts[-1]) if n else carry.last_ts,
@@ -406,7 +447,7 @@ def _load_cpu_kernel(kernel, args: tuple) -> None:
 # dtypes of BookArrays.as_args(), in that order (prepare_book)
 BOOK_DTYPES = (np.int64, np.float64, np.float64, np.float32, np.float32,
                np.float64, np.float64, np.float64, np.float64, np.float64, np.float64,
-               np.int64, np.float64, np.float64, np.int8, np.float64)
+               np.float64, np.int64, np.float64, np.float64, np.int8, np.float64)
 
 
 def _cpu_input(a, dtype) -> np.ndarray:

@@ -70,7 +70,7 @@ def finish_one(c, book, cfg, raw, bpnl, btr, bwin, fs, ist):
 
 
 @numba.njit(parallel=True, nogil=True)
-def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
               tr_start, tr_px, tr_qty, tr_side, mkt, bank,
               signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
               size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -89,7 +89,7 @@ def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, 
     for t0 in range(0, T, step):
         t1 = min(T, t0 + step)
         for c in prange(C):
-            book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+            book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                     tr_start, tr_px, tr_qty, tr_side, mkt, bank)
             cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                    size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -97,7 +97,7 @@ def sweep_cpu(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, 
             run_chunk(c, t0, t1, book, cfg, raw, bpnl, btr, bwin, fs, ist)
     if (flags & WIN_LAST) != 0:
         for c in prange(C):
-            book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+            book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                     tr_start, tr_px, tr_qty, tr_side, mkt, bank)
             cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                    size_frac, max_qty, cooldown, fee_bps, latency, capital,

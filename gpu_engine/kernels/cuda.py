@@ -1,7 +1,7 @@
 """CUDA sweep kernel: numba-cuda `@cuda.jit`, one thread per configuration.
 
-The thread runs `strategy.run_one` (an `njit(inline="always")` function that numba-cuda
-compiles for the GPU) on the book and configuration tuples it builds from its arguments
+The thread runs `strategy.run_one` (with every rule function inlined:
+`strategy.inlined_twin`; numba-cuda compiles it for the GPU) on the book and configuration tuples it builds from its arguments
 (kernels.BookArrays.as_args() + bank, the CONFIG_FIELDS arrays, the outputs). The caller
 sorts configurations by signal row so a warp reads one bank row (a broadcast load per tick).
 `window_cuda` runs one window of a streamed book (`strategy.run_window`: the state loaded
@@ -22,14 +22,13 @@ from numba import cuda
 
 from gpu_engine.backend import simulator_enabled
 from gpu_engine.kernels import cache as _cache
-from gpu_engine.strategy import python_twin
-from gpu_engine.strategy import run_one as _compiled_run_one
-from gpu_engine.strategy import run_window as _compiled_run_window
+from gpu_engine.strategy import inlined_twin, python_twin
 
 # Under the simulator the kernel body runs as Python on fake device arrays, which a compiled
-# njit function cannot unbox: it then calls the plain-Python twin of the same rules.
-run_one = python_twin("run_one") if simulator_enabled() else _compiled_run_one
-run_window = python_twin("run_window") if simulator_enabled() else _compiled_run_window
+# njit function cannot unbox: it then calls the plain-Python twin of the same rules. On a GPU
+# every rule function is inlined (strategy.inlined_twin: the CPU kernel calls a few).
+run_one = python_twin("run_one") if simulator_enabled() else inlined_twin("run_one")
+run_window = python_twin("run_window") if simulator_enabled() else inlined_twin("run_window")
 
 THREADS_PER_BLOCK = 128
 
@@ -62,7 +61,7 @@ if not simulator_enabled():
     _disable_fma_contraction()
 
 
-def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                 tr_start, tr_px, tr_qty, tr_side, mkt, bank,
                 signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                 size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -70,7 +69,7 @@ def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid
                 raw, bpnl, btr, bwin):
     c = cuda.grid(1)
     if c < signal.shape[0]:
-        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                 tr_start, tr_px, tr_qty, tr_side, mkt, bank)
         cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -78,7 +77,7 @@ def _sweep_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid
         run_one(c, book, cfg, raw, bpnl, btr, bwin)
 
 
-def _window_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+def _window_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                  tr_start, tr_px, tr_qty, tr_side, mkt, bank,
                  signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                  size_frac, max_qty, cooldown, fee_bps, latency, capital,
@@ -88,7 +87,7 @@ def _window_cuda(ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbi
     carried between windows in the device arrays fs [C, NSTATE_F] and ist [C, NSTATE_I]."""
     c = cuda.grid(1)
     if c < signal.shape[0]:
-        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask,
+        book = (ts, bid_px, ask_px, bid_sz, ask_sz, bid0, ask0, pbid, pask, dbid, dask, rsum,
                 tr_start, tr_px, tr_qty, tr_side, mkt, bank)
         cfg = (signal, entry, exit_, side, regime, band, take_profit, stop_loss, max_hold,
                size_frac, max_qty, cooldown, fee_bps, latency, capital,
