@@ -26,6 +26,10 @@ The slow steps on a big cube (reading it, PBO over 12870 CSCV splits of up to
 with their elapsed time (`--no-progress` to silence). A path that is not a
 result cube of this engine (missing, a plain folder, a book store, a corrupt
 or an interrupted cube) is refused with one line (exit 2).
+
+The search statistics read the cube's bucket series a block of configurations at a time
+(`search_stats`), so their memory beyond the distinct series does not grow with the cube;
+the SPA bootstrap over at most MAX_SPA_CONFIGS series (arch) is their largest allocation.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ from sweeps import _common
 
 MAX_PBO_CONFIGS = 20_000
 MAX_SPA_CONFIGS = 5_000  # SPA bootstrap over more series costs ~1.5 s per 1,000 here
+STATS_BLOCK = 8192  # configurations search_stats reads and reduces at a time (the grid's region size)
+DISTINCT_MERGE_MIN = 1 << 16  # distinct series waiting before search_stats merges them (at least)
 
 
 class Stages:
@@ -174,24 +180,25 @@ def _wr(m, i, prefix="") -> str:
             f"{m[prefix + 'win_rate_hi'][i]:.3f}] n={int(t)}")
 
 
-def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
+def search_stats(ds: xr.Dataset, stage=lambda what: None, block: int = STATS_BLOCK) -> dict:
     """PBO (CSCV) and the deflated Sharpe ratio of the whole search, from the in-sample buckets.
 
+    The bucket series are read `block` configurations at a time (`_scan_buckets`), so the
+    [buckets, configurations] matrix is never held whole: only the distinct series, each block's
+    Sharpes and, for a search of at most MAX_PBO_CONFIGS configurations (its walk-forward), the
+    series themselves. The result does not depend on `block`.
     `stage(text)` is called before each slow step (progress)."""
     capital = float(ds.attrs.get("costs", {}).get("capital", 1.0))
-    b = ds["bucket_pnl"]
-    B = b.sizes["bucket"]
-    M = np.asarray(b.values, dtype=np.float64).reshape(-1, B).T / capital  # [T=buckets, N]
-    ok = np.isfinite(M).all(axis=0)
-    M = M[:, ok]
-    n_tried = M.shape[1]
+    scan = _scan_buckets(ds["bucket_pnl"], capital, block)
+    B = scan.n_buckets
+    n_tried = scan.n_tried
     out = {"n_tried": n_tried}
     if n_tried < 2:
         return out
     stage(f"deflated Sharpe over {n_tried} configurations")
-    out["dsr"] = validation.deflated_sharpe_of_search(M)
+    out["dsr"] = scan.deflated_sharpe()
     stage("distinct bucket series")
-    U = np.unique(M, axis=1)
+    U = scan.distinct()
     out["n_distinct"] = int(U.shape[1])
     stage(f"effective trials, Sharpe errors, MinTRL, SPA over {min(U.shape[1], MAX_SPA_CONFIGS)} series")
     out["stats"] = trial_stats(U, n_tried)
@@ -209,12 +216,102 @@ def search_stats(ds: xr.Dataset, stage=lambda what: None) -> dict:
     n_folds, mode = int(wf.get("n_folds", 4)), str(wf.get("mode", "rolling"))
     if B >= 10 and B // (n_folds + 1) >= 1:
         stage("walk-forward")
-        W = M if M.shape[1] <= MAX_PBO_CONFIGS else U
+        W = scan.series() if n_tried <= MAX_PBO_CONFIGS else U
         out["wf"] = validation.walk_forward(W, n_folds=n_folds, mode=mode)
         out["wf_folds"] = [(tr, te, c, float(validation.sharpe(W[te, c]))) for tr, te, c in out["wf"].folds]
         out["wf_spec"] = {"n_folds": n_folds, "mode": mode, "bucket_first_day": wf.get("bucket_first_day"),
                           "unit": wf.get("unit")}
     return out
+
+
+class _BucketScan:
+    """One pass over a cube's bucket series, block by block of configurations (C order): the
+    Sharpe of every usable configuration (all buckets finite), the best one's series, the distinct
+    series merged as they come, and the blocks themselves while there are at most MAX_PBO_CONFIGS.
+
+    Each block is formed as the whole matrix used to be (the values / capital, transposed to
+    [buckets, n], Fortran-ordered, the unusable columns dropped), so every per-series figure
+    has the same bits as from the whole matrix; np.unique of the distinct blocks' union is the
+    whole matrix's np.unique (up to which of two series that differ only in the sign of a zero
+    is kept: np.unique counts them as one and leaves that open too)."""
+
+    def __init__(self, n_buckets: int):
+        self.n_buckets = n_buckets
+        self.n_tried = 0
+        self.sharpes: list[np.ndarray] = []
+        self.best: list[np.ndarray] = []  # per block: the series of its first highest Sharpe
+        self.blocks: list[np.ndarray] | None = []
+        self._distinct = np.empty((n_buckets, 0))  # merged so far (distinct, sorted)
+        self._pending: list[np.ndarray] = []  # each block's distinct series, not merged yet
+        self._pending_n = 0
+
+    def add(self, values: np.ndarray, capital: float) -> None:
+        M = np.asarray(values, dtype=np.float64).reshape(-1, self.n_buckets).T / capital
+        M = M[:, np.isfinite(M).all(axis=0)]
+        if M.shape[1] == 0:
+            return
+        srs = validation.sharpe(M, axis=0)
+        self.sharpes.append(srs)
+        self.best.append(M[:, int(np.argmax(srs))].copy())
+        u = np.unique(M, axis=1)
+        self._pending.append(u)
+        self._pending_n += u.shape[1]
+        if self._pending_n > max(self._distinct.shape[1], DISTINCT_MERGE_MIN):
+            # merge once what waits outgrows what is merged: each series is merged O(log n)
+            # times (merging at every block was quadratic: 1e6 configurations took minutes)
+            self._merge()
+        self.n_tried += M.shape[1]
+        if self.blocks is not None and self.n_tried <= MAX_PBO_CONFIGS:
+            self.blocks.append(M)
+        else:
+            self.blocks = None
+
+    def _merge(self) -> None:
+        self._distinct = _unique_columns(self._distinct, self._pending)
+        self._pending = []
+        self._pending_n = 0
+
+    def distinct(self) -> np.ndarray:
+        """np.unique(axis=1) of every usable series seen."""
+        if self._pending:
+            self._merge()
+        return self._distinct
+
+    def deflated_sharpe(self) -> "validation.DSRResult":
+        """validation.deflated_sharpe_of_search of the whole matrix, from the blocks' Sharpes."""
+        srs = np.concatenate(self.sharpes)
+        best = int(np.argmax(srs))
+        k = int(np.searchsorted(np.cumsum([s.size for s in self.sharpes]), best, side="right"))
+        var = float(np.var(srs, ddof=1)) if srs.size > 1 else 0.0
+        return validation.deflated_sharpe(self.best[k], self.n_tried, var)
+
+    def series(self) -> np.ndarray:
+        """The usable series [buckets, n_tried] (Fortran-ordered, as the blocks); only while
+        n_tried <= MAX_PBO_CONFIGS."""
+        return _join_columns(self.blocks)
+
+
+def _join_columns(blocks: list[np.ndarray]) -> np.ndarray:
+    """Fortran-ordered [B, n] blocks side by side, Fortran-ordered like them."""
+    return np.concatenate([m.T for m in blocks], axis=0).T
+
+
+def _unique_columns(U: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """np.unique(axis=1) of the columns of U and of the blocks (each already distinct)."""
+    return np.unique(_join_columns([U, *blocks]), axis=1)
+
+
+def _scan_buckets(b: xr.DataArray, capital: float, block: int) -> _BucketScan:
+    """A _BucketScan of `bucket_pnl` read `block` configurations at a time, in C order."""
+    from sweeps.grid import plan_regions
+
+    b = b.transpose(..., "bucket")
+    cfg_dims = list(b.dims[:-1])
+    scan = _BucketScan(int(b.sizes["bucket"]))
+    _, regions = plan_regions(tuple(b.sizes[d] for d in cfg_dims), max(1, int(block)))
+    for reg in regions:
+        scan.add(b.isel(dict(zip(cfg_dims, reg))).values, capital)
+    return scan
 
 
 def walk_forward_line(st: dict) -> str | None:
