@@ -403,11 +403,9 @@ def cpu_signature() -> tuple:
     """The one argument type set kernels.run passes to the CPU kernel (see _cpu_input)."""
     import numba
 
-    one, two = (1,), (1, 1)
-    book = tuple(_cpu_input(np.zeros(two if k in (1, 2, 3, 4) else one, dt), dt)
-                 for k, dt in enumerate(BOOK_DTYPES))
-    bank = _cpu_input(np.zeros(two, np.float32), np.float32)
-    cfg = tuple(_cpu_input(np.zeros(one, CONFIG_FIELDS[f][0]), CONFIG_FIELDS[f][0]) for f in FIELDS)
+    book = tuple(_cpu_input(np.zeros((1,) * nd, dt), dt) for dt, nd in zip(BOOK_DTYPES, BOOK_NDIMS))
+    bank = _cpu_input(np.zeros((1, 1), np.float32), np.float32)
+    cfg = tuple(_cpu_input(np.zeros((1,), CONFIG_FIELDS[f][0]), CONFIG_FIELDS[f][0]) for f in FIELDS)
     out = tuple(o[0:1] for o in allocate(1, 1))
     state = allocate_state(1)
     return tuple(numba.typeof(a) for a in book + (bank,) + cfg + out
@@ -448,6 +446,8 @@ def _load_cpu_kernel(kernel, args: tuple) -> None:
 BOOK_DTYPES = (np.int64, np.float64, np.float64, np.float32, np.float32,
                np.float64, np.float64, np.float64, np.float64, np.float64, np.float64,
                np.float64, np.int64, np.float64, np.float64, np.int8, np.float64)
+# and their numbers of dimensions: the four [T, L] level arrays and the [T, NROWSUM] row summary
+BOOK_NDIMS = (1, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1)
 
 
 def _cpu_input(a, dtype) -> np.ndarray:
