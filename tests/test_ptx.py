@@ -20,7 +20,7 @@ import pytest
 from numba import cuda
 
 from gpu_engine.enums import CONFIG_FIELDS, NRAW
-from gpu_engine.kernels import BOOK_DTYPES
+from gpu_engine.kernels import BOOK_DTYPES, BOOK_NDIMS
 from gpu_engine.strategy import inlined_twin
 
 queue_prob = inlined_twin("queue_prob")  # as the CUDA kernel inlines it
@@ -40,10 +40,8 @@ def kernel_signature():
     f64_2 = numba.typeof(np.zeros((1, 1), np.float64))
     f32_2 = numba.typeof(np.zeros((1, 1), np.float32))
     i32_2 = numba.typeof(np.zeros((1, 1), np.int32))
-    # kernels.BookArrays.as_args(): the level arrays (indices 1-4) are [T, L], the row
-    # summary rsum (index 11) [T, NROWSUM], the rest 1-D
-    book = tuple(numba.typeof(np.zeros((1, 1) if k in (1, 2, 3, 4, 11) else 1, dt))
-                 for k, dt in enumerate(BOOK_DTYPES))
+    # kernels.BookArrays.as_args(): dtypes and numbers of dimensions (kernels.BOOK_NDIMS)
+    book = tuple(numba.typeof(np.zeros((1,) * nd, dt)) for dt, nd in zip(BOOK_DTYPES, BOOK_NDIMS))
     cfg = tuple(numba.typeof(np.zeros(1, dt)) for dt, _ in CONFIG_FIELDS.values())
     out = (f64_2, f64_2, i32_2, i32_2)
     return book + (f32_2,) + cfg + out
