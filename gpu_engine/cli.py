@@ -84,6 +84,10 @@ def guard(func: Callable[[], int | None]) -> int:
 
 
 def run_main(parser: argparse.ArgumentParser, func: Callable, argv=None) -> int:
-    """Parse `argv` with `parser`, then `guard(func(args))`."""
+    """Parse `argv` with `parser`, then `guard(func(args))` (its threads sharing at most
+    memory.ARENAS malloc arenas: gpu_engine.memory.limit_arenas)."""
+    from gpu_engine import memory
+
+    memory.limit_arenas()
     args = parser.parse_args(argv)
     return guard(lambda: func(args))

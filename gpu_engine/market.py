@@ -112,11 +112,32 @@ def _load_blocks(blocks: Any) -> np.ndarray:
 def align_blocks(ts_ns: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """Index into `blocks` of the block known at each tick (-1 if none); see the module doc."""
     tick_s = np.asarray(ts_ns, dtype=np.int64) // NS_PER_S
-    times = np.asarray(blocks["time"], dtype=np.int64)
-    if times.size == 0:
+    if len(blocks) == 0:
         return np.full(tick_s.shape, -1, np.int64)
-    envelope = np.maximum.accumulate(times)
-    return np.searchsorted(envelope, tick_s, side="right").astype(np.int64) - 1
+    return np.searchsorted(_envelope(blocks), tick_s, side="right").astype(np.int64) - 1
+
+
+def _envelope(blocks: np.ndarray) -> np.ndarray:
+    """Running maximum of the block times. A read-only dataset (a loaded one: memory-mapped)
+    has it computed once and cached (gpu_engine.data.blocks.dataset.known_times), so a book
+    aligned window by window (gpu_engine.features_stream) does not rescan the chain per window;
+    a writeable array is scanned every time (its times may change between calls)."""
+    if not blocks.flags.writeable:
+        from gpu_engine.data.blocks.dataset import known_times
+
+        return known_times(blocks)
+    return np.maximum.accumulate(np.asarray(blocks["time"], dtype=np.int64))
+
+
+def _pick(blocks: np.ndarray, name: str, at: np.ndarray, missing, dtype) -> np.ndarray:
+    """Field `name` of the blocks at indices `at` as `dtype`, `missing` where `at` < 0. Only
+    the picked records are read and converted (not the whole column: a window of a book reads
+    a few pages of the dataset, not the whole chain)."""
+    ok = at >= 0
+    if len(blocks) == 0:
+        return np.full(at.shape[0], missing, dtype=dtype)
+    vals = np.asarray(blocks[name][np.where(ok, at, 0)]).astype(dtype)
+    return np.where(ok, vals, missing)
 
 
 def align_trades(ts_ns: np.ndarray, trade_ts: np.ndarray) -> np.ndarray:
@@ -199,19 +220,11 @@ class Market:
         if blocks is not None:
             blk = _load_blocks(blocks)
             idx = align_blocks(ts, blk)
-
-            def pick(column: np.ndarray, at: np.ndarray, missing):
-                ok = at >= 0
-                if column.size == 0:
-                    return np.full(T, missing, dtype=column.dtype)
-                return np.where(ok, column[np.where(ok, at, 0)], missing)
-
-            height = pick(np.asarray(blk["height"], np.int64), idx, -1)
-            btime = np.asarray(blk["time"], np.float64)
-            block_time = pick(btime, idx, np.nan)
-            prev_block_time = pick(btime, np.where(idx >= 1, idx - 1, -1), np.nan)
+            height = _pick(blk, "height", idx, -1, np.int64)
+            block_time = _pick(blk, "time", idx, np.nan, np.float64)
+            prev_block_time = _pick(blk, "time", np.where(idx >= 1, idx - 1, -1), np.nan, np.float64)
             if "fair_pl" in (blk.dtype.names or ()):
-                fair_pl = pick(np.asarray(blk["fair_pl"], np.float64), idx, np.nan)
+                fair_pl = _pick(blk, "fair_pl", idx, np.nan, np.float64)
             else:
                 fair_pl = power_law_fair(tick_s)
             source = "blocks"

@@ -8,6 +8,10 @@ physical total, not `MemAvailable`: the free figure moves with whatever else run
 and accepts it the next would be worse than none. What this catches is a size
 that cannot fit on this machine at all (a typo of a few zeros), before a numpy
 allocation turns it into a MemoryError or the OOM killer.
+
+It also holds the two calls that keep a long command's resident set close to what it uses
+(glibc only; no-ops elsewhere): `limit_arenas` (threads share two malloc arenas) and
+`return_free_memory` (`malloc_trim`: freed pages go back to the system).
 """
 from __future__ import annotations
 
@@ -43,3 +47,51 @@ def available_memory() -> int | None:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
+
+
+def return_free_memory() -> bool:
+    """Hand the memory the C allocator holds free back to the system (glibc's `malloc_trim(0)`:
+    the free pages of every arena, not only the top of the heap). A long run that is done with
+    its data (a streamed sweep before its final statistics) calls it so that the freed windows
+    and the threads' arenas stop counting in its resident set. True when it ran; False where
+    the C library has no malloc_trim (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
+ARENAS = 2  # malloc arenas a command's threads share (limit_arenas)
+
+
+def limit_arenas(n: int = ARENAS) -> bool:
+    """Let this process's threads share at most `n` malloc arenas (glibc's
+    `mallopt(M_ARENA_MAX, n)`), unless the user set MALLOC_ARENA_MAX themselves.
+
+    glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
+    and keeps what the thread freed there for its next allocation. A command's threads (the
+    window reader, zarr's decoders, the kernel preload) each leave a few MiB to tens of MiB
+    resident that way; with two arenas a grid sweep's peak resident set was 30-35 MiB lower and
+    its speed the same (benchmarks/RESULTS.md). Called once by every command (gpu_engine.cli)
+    before its threads start; True when it applied."""
+    import ctypes
+    import ctypes.util
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(-8, int(n)))  # M_ARENA_MAX (malloc.h)

@@ -258,6 +258,17 @@ def ensure_blocks(path: Path) -> Path:
     return blocks.ensure_default(path)
 
 
+def done_with_data() -> None:
+    """A run's evaluations are over (its final statistics come next): free the streamed window
+    buffers kept for the next evaluation and hand the allocator's free memory back to the system,
+    so that the statistics' peak sits on the process, not on the windows it has finished with.
+    A later evaluation (another search on the same data) allocates its buffers again."""
+    from gpu_engine import memory, stream
+
+    stream.release_buffers()
+    memory.return_free_memory()
+
+
 def load_data(args, space: space_mod.Space, log=print) -> Data:
     """Generate the defaults when absent, load the book, build the bank, split in time."""
     from gpu_engine.backend import resolve

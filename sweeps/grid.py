@@ -209,6 +209,7 @@ def run(args) -> int:
     bar.close()
     from sweeps import inspect as inspect_mod
 
+    _common.done_with_data()
     st = inspect_mod.search_stats(results.open_cube(out))  # PBO, DSR, effective trials, SPA
     wall = time.perf_counter() - t_start
     results.finish(out, wall_s=wall, search_stats=inspect_mod.stats_attrs(st))

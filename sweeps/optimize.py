@@ -796,6 +796,7 @@ def _run(args, space, print_report: bool = True, companion: str | None = None):
         optuna_share_max=max((t["optuna_share"] for t in timings), default=None), **market_attrs)
     from sweeps import inspect as inspect_mod
 
+    _common.done_with_data()
     st = inspect_mod.search_stats(ds)  # PBO, DSR, effective trials, SPA: in the cube, the report and the page
     ds.attrs["search_stats"] = inspect_mod.stats_attrs(st)
     results.write_cube(ds, out)

@@ -5,7 +5,7 @@ argument types `sweep` launches it with, then `ptxas -arch=sm_90 -v` from the
 nvidia-cuda-nvcc wheel: 0 bytes of spill stores and loads. Registers per thread are recorded
 in benchmarks/RESULTS.md (`python tests/test_ptx.py` prints them). Both the one-shot kernel
 (sweep_cuda) and the window kernel of a streamed book (window_cuda: the same plus the state
-arrays and the window flags) are checked.
+arrays and the window flags) are checked, compiled at the same time in two processes.
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def libdevice_fmas() -> int:
     return ptx.count("fma.rn.f64")
 
 
-def compile_and_assemble(tmp: Path, kernel: str = "sweep") -> str:
+def compile_and_assemble(tmp: Path, kernel: str = "sweep") -> str | None:
+    """The kernel's PTX checked (below), then `ptxas -v`'s report; None when ptxas is absent."""
     from gpu_engine.kernels.cuda import sweep_cuda_pyfunc, window_cuda_pyfunc
 
     if kernel == "sweep":
@@ -90,22 +91,39 @@ def compile_and_assemble(tmp: Path, kernel: str = "sweep") -> str:
     assert not plain, plain[:5]
     assert ptx.count("mul.rn.f64") > 0
     assert ptx.count("fma.rn.f64") <= 2 * libdevice_fmas(), ptx.count("fma.rn.f64")
-    src = tmp / "sweep.ptx"
+    src = tmp / f"{kernel}.ptx"
     src.write_text(ptx)
     ptxas = _ptxas()
     if ptxas is None:
-        pytest.skip("ptxas not found in the nvidia-cuda-nvcc wheel (install the dev extra)")
-    proc = subprocess.run([str(ptxas), "-arch=sm_90", "-v", str(src), "-o", str(tmp / "sweep.cubin")],
+        return None
+    proc = subprocess.run([str(ptxas), "-arch=sm_90", "-v", str(src), "-o", str(tmp / f"{kernel}.cubin")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("kernel", ["sweep", "window"])
-def test_kernel_compiles_for_sm90_without_spills(tmp_path, kernel):
+KERNELS = ("sweep", "window")
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """Both kernels compiled at once, each in its own process (a compile takes about two minutes
+    on one core; CI has two): kernel -> a future of compile_and_assemble's report."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    tmp = tmp_path_factory.mktemp("ptx")
+    with ProcessPoolExecutor(len(KERNELS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield {k: pool.submit(compile_and_assemble, tmp, k) for k in KERNELS}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_compiles_for_sm90_without_spills(reports, kernel):
     if NRAW <= 0:  # pragma: no cover - layout sanity
         pytest.fail("empty raw layout")
-    report = compile_and_assemble(tmp_path, kernel)
+    report = reports[kernel].result(timeout=900)
+    if report is None:
+        pytest.skip("ptxas not found in the nvidia-cuda-nvcc wheel (install the dev extra)")
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     regs = re.findall(r"Used (\d+) registers", report)
     assert spills and regs, report
@@ -117,6 +135,6 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        for name in ("sweep", "window"):
+        for name in KERNELS:
             print(name, compile_and_assemble(Path(d), name))
     sys.exit(0)

@@ -287,3 +287,18 @@ def test_prefetch_leaves_an_item_alone_until_the_next_is_asked_for():
         time.sleep(0.01)
     assert stream.reader_threads() == before >= 1
     assert all(t.daemon for t in threading.enumerate() if t.name == "window-reader")
+
+
+def test_memory_helpers_apply_on_glibc(monkeypatch):
+    """limit_arenas caps glibc's malloc arenas unless the user set MALLOC_ARENA_MAX (then it
+    leaves theirs alone); return_free_memory trims. Both say False where there is no glibc."""
+    import platform
+
+    from gpu_engine import memory
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.limit_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    on_glibc = platform.libc_ver()[0] == "glibc"
+    assert memory.limit_arenas() is on_glibc
+    assert memory.return_free_memory() is on_glibc
