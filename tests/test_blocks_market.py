@@ -293,3 +293,26 @@ def test_download_klines_bad_arguments(tmp_path, capsys):
         rc = data_main(base + extra)
         err = capsys.readouterr().err
         assert rc == 2 and word in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_loaded_dataset_aligns_like_one_in_memory_and_drops_its_scanned_pages(tmp_path):
+    """Market.from_book on a memory-mapped dataset (the time envelope cached, only the picked
+    records read, the scan's pages handed back: dataset._drop_pages) gives the same block
+    columns as on a writeable copy; the dataset reads the same after its pages were dropped."""
+    from gpu_engine.data.books.store import Book
+    from gpu_engine.market import Market
+
+    arr, meta = B.build(n_blocks=5_000, seed=3)
+    path = B.write(tmp_path / "b.npy", arr, meta)
+    mm = B.load(path)
+    assert not mm.flags.writeable
+    t0, t1 = int(arr["time"][0]), int(arr["time"][-1])
+    t = np.sort(np.r_[t0 - 600, t0 - 1, t0, np.random.default_rng(1).integers(t0, t1 + 600, 300)])
+    book = Book.from_arrays(t * 10**9, [[1.0]] * t.size, [[2.0]] * t.size, [[1]] * t.size, [[1]] * t.size)
+    a = Market.from_book(book, blocks=mm, device="cpu")
+    b = Market.from_book(book, blocks=np.array(arr), device="cpu")
+    for name in ("block_height", "block_time", "prev_block_time", "fair_pl", "halving_phase"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert (a.block_index >= 0).any() and (a.block_index == -1).any()
+    np.testing.assert_array_equal(B.known_times(mm), np.maximum.accumulate(arr["time"]))
+    assert np.asarray(mm).tobytes() == arr.tobytes()  # read again after MADV_DONTNEED (NaN fields: bytes)
