@@ -401,6 +401,9 @@ class _Reader:
             try:
                 job()
             finally:
+                # drop the finished job before waiting for the next: it holds the run's window
+                # buffers (release_buffers must be able to free them)
+                job = None
                 with _READERS_LOCK:
                     _IDLE_READERS.append(self)
 

@@ -257,6 +257,14 @@ def test_streamed_runs_reuse_one_reader_and_their_buffers(data_set):
         counts.append((threading.active_count(), stream.reader_threads()))
     assert counts[0][1] == 1 and len(set(counts)) == 1, counts
     assert len(stream._FREE_SLOTS) == 1 and stream._FREE_SLOTS[0].rows == 2000
+    # release_buffers frees them: nothing else (the idle reader thread's last job) holds them
+    import gc
+    import weakref
+
+    kept = weakref.ref(stream._FREE_SLOTS[0])
+    stream.release_buffers()
+    gc.collect()
+    assert kept() is None, gc.get_referrers(kept())
 
 
 def test_prefetch_leaves_an_item_alone_until_the_next_is_asked_for():
